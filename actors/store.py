@@ -1,0 +1,197 @@
+"""The SQLite schema and the connection settings every actor uses.
+
+The main database holds open and recent trades, decisions and insights; the
+archive file holds trades that the archiver moved out. Both have the same
+``trades`` table, so that a query over all history is a UNION of the two.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import sqlite_anyio
+import trio
+
+from actors.trades import TRADE_COLUMNS, TradeRecord, row_to_record
+
+SCHEMA_VERSION = 1
+
+# Migrations by the version they produce. A database at version N runs every
+# script above N in order, each in its own transaction.
+TRADES_TABLE = """
+CREATE TABLE IF NOT EXISTS {schema}trades (
+    trade_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL CHECK (status IN ('open', 'resolved', 'cancelled')),
+    venue TEXT,
+    market TEXT,
+    side TEXT,
+    size TEXT,
+    entry_price TEXT,
+    fees TEXT,
+    strategy TEXT,
+    opened_at TEXT,
+    market_kind TEXT,
+    probability TEXT,
+    signal_type TEXT,
+    tags TEXT,
+    exit_price TEXT,
+    pnl TEXT,
+    outcome TEXT,
+    exit_fees TEXT,
+    resolved_at TEXT,
+    cancelled_at TEXT,
+    cancel_reason TEXT
+)
+"""
+
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        TRADES_TABLE.format(schema=""),
+        "CREATE INDEX IF NOT EXISTS trades_status_resolved ON trades (status, resolved_at)",
+        """
+        CREATE TABLE IF NOT EXISTS decisions (
+            decision_id TEXT PRIMARY KEY,
+            decided_at TEXT NOT NULL,
+            strategy TEXT NOT NULL,
+            market TEXT NOT NULL,
+            action TEXT NOT NULL,
+            venue TEXT,
+            side TEXT,
+            confidence TEXT,
+            probability TEXT,
+            signal_type TEXT,
+            tags TEXT,
+            params TEXT,
+            trade_id TEXT
+        )
+        """,
+        """
+        CREATE TABLE IF NOT EXISTS insights (
+            insight_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            created_at TEXT NOT NULL,
+            model TEXT NOT NULL,
+            resolved_count INTEGER NOT NULL,
+            insights TEXT NOT NULL,
+            parameter_changes TEXT NOT NULL
+        )
+        """,
+    ],
+}
+
+TRADE_SELECT = f"SELECT {', '.join(TRADE_COLUMNS)} FROM {{table}}"
+TRADE_UPSERT = (
+    f"INSERT OR REPLACE INTO {{table}} ({', '.join(TRADE_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in TRADE_COLUMNS)})"
+)
+
+
+class DatabaseError(Exception):
+    """A database file cannot be opened or has an unexpected schema."""
+
+
+PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    # NORMAL in WAL mode keeps every committed transaction across a process
+    # crash; only a power loss can undo the last commits.
+    "PRAGMA synchronous=NORMAL",
+    # Several actors write (logger, archiver, reflection); wait for the lock
+    # instead of failing at once (milliseconds).
+    "PRAGMA busy_timeout=5000",
+)
+
+
+def _check_path(path: Path) -> None:
+    if path.exists() and path.is_dir():
+        raise DatabaseError(f"cannot open database {path}: it is a directory")
+    if not path.parent.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise DatabaseError(
+                f"cannot create folder {path.parent} for the database: {error.strerror}"
+            ) from None
+
+
+def migrate_sync(connection: sqlite3.Connection, path: Path) -> None:
+    """Bring the schema of an open stdlib connection to ``SCHEMA_VERSION``."""
+    try:
+        connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = connection.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        version = row[0] or 0
+        if version > SCHEMA_VERSION:
+            raise DatabaseError(
+                f"database {path} has schema version {version}, newer than this "
+                f"tradepulse supports ({SCHEMA_VERSION}); upgrade tradepulse"
+            )
+        for target in sorted(MIGRATIONS):
+            if target <= version:
+                continue
+            for statement in MIGRATIONS[target]:
+                connection.execute(statement)
+            connection.execute("INSERT INTO schema_version (version) VALUES (?)", (target,))
+        connection.commit()
+    except sqlite3.DatabaseError as error:
+        raise DatabaseError(f"cannot open database {path}: {error}") from None
+
+
+def open_sync(path: Path) -> sqlite3.Connection:
+    """Open ``path`` with the stdlib driver, migrated, for commands and tests."""
+    _check_path(path)
+    try:
+        connection = sqlite3.connect(path)
+        for pragma in PRAGMAS:
+            connection.execute(pragma)
+    except sqlite3.DatabaseError as error:
+        raise DatabaseError(f"cannot open database {path}: {error}") from None
+    migrate_sync(connection, path)
+    return connection
+
+
+def prepare_archive_sync(path: Path) -> None:
+    """Create the archive file and its ``trades`` table if missing."""
+    _check_path(path)
+    try:
+        connection = sqlite3.connect(path)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute(TRADES_TABLE.format(schema=""))
+            connection.commit()
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as error:
+        raise DatabaseError(f"cannot open archive database {path}: {error}") from None
+
+
+async def open_database(path: Path, archive: Path | None = None) -> sqlite_anyio.Connection:
+    """Open the main database through sqlite-anyio, migrated, with WAL on.
+
+    With ``archive``, the archive file is attached as schema ``archive``.
+    """
+    # The migration runs on a short-lived stdlib connection: it is quick, and it
+    # must finish before any actor touches the tables.
+    await trio.to_thread.run_sync(lambda: open_sync(path).close())
+    try:
+        connection = await sqlite_anyio.connect(str(path))
+        for pragma in PRAGMAS:
+            await connection.execute(pragma)
+        if archive is not None:
+            await connection.execute("ATTACH DATABASE ? AS archive", (str(archive),))
+            await connection.execute(TRADES_TABLE.format(schema="archive."))
+            await connection.commit()
+    except sqlite3.DatabaseError as error:
+        raise DatabaseError(f"cannot open database {path}: {error}") from None
+    return connection
+
+
+def load_all_trades_sync(path: Path, archive: Path | None) -> list[TradeRecord]:
+    """Read every trade, archived ones included, for reports and metrics rebuilds."""
+    connection = open_sync(path)
+    try:
+        rows = connection.execute(TRADE_SELECT.format(table="trades")).fetchall()
+        if archive is not None and archive.exists():
+            connection.execute("ATTACH DATABASE ? AS archive", (str(archive),))
+            rows += connection.execute(TRADE_SELECT.format(table="archive.trades")).fetchall()
+    finally:
+        connection.close()
+    return [row_to_record(row) for row in rows]
