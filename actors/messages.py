@@ -420,6 +420,14 @@ _PARSERS = {
 }
 
 
+# Fields a message may carry besides its own: ``type`` and ``ref``, a
+# correlation value that the bot chooses and the ingest reply echoes.
+_FIELD_NAMES = {
+    name: frozenset(cls.__dataclass_fields__) | {"type", "ref"}
+    for name, cls in MESSAGE_TYPES.items()
+}
+
+
 def parse_message(data: Any) -> Message:
     """Validate one message from the bot and return it as a typed message.
 
@@ -431,6 +439,13 @@ def parse_message(data: Any) -> Message:
     parser = _PARSERS.get(kind) if isinstance(kind, str) else None
     if parser is None:
         raise InvalidMessage("type", kind, f"must be one of {', '.join(sorted(_PARSERS))}")
+
+    # An unknown field is most likely a misspelt optional one ("fee" for
+    # "fees"); ignoring it would store the trade without the value.
+    known = _FIELD_NAMES[kind]
+    for name in data:
+        if name not in known:
+            raise InvalidMessage(name, data[name], f"unknown field for a {kind} message")
     return parser(data)
 
 

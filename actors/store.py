@@ -8,6 +8,7 @@ archive file holds trades that the archiver moved out. Both have the same
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 import sqlite_anyio
@@ -76,6 +77,11 @@ MIGRATIONS: dict[int, list[str]] = {
             parameter_changes TEXT NOT NULL
         )
         """,
+        # The logger numbers its transactions. A reader that rebuilds state
+        # from the database reads this number in the same transaction, and so
+        # knows which of the logger's later notifications it has seen already.
+        "CREATE TABLE IF NOT EXISTS commit_sequence (seq INTEGER NOT NULL)",
+        "INSERT INTO commit_sequence (seq) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM commit_sequence)",
     ],
 }
 
@@ -184,14 +190,45 @@ async def open_database(path: Path, archive: Path | None = None) -> sqlite_anyio
     return connection
 
 
-def load_all_trades_sync(path: Path, archive: Path | None) -> list[TradeRecord]:
-    """Read every trade, archived ones included, for reports and metrics rebuilds."""
+@dataclass
+class StoredState:
+    """Every stored trade and the decision counts, as of commit ``seq``."""
+
+    seq: int
+    trades: list[TradeRecord]
+    decision_counts: dict[str, int]
+
+
+def load_stored_state_sync(path: Path, archive: Path | None) -> StoredState:
+    """Read every trade, archived ones included, with the decision counts.
+
+    Everything is read in one read transaction together with the commit
+    sequence number. The main database is read before the archive: the
+    archiver copies a trade into the archive before it deletes it from the
+    main database, so this order sees every trade at least once, and a trade
+    seen in both places is counted once.
+    """
     connection = open_sync(path)
     try:
-        rows = connection.execute(TRADE_SELECT.format(table="trades")).fetchall()
         if archive is not None and archive.exists():
             connection.execute("ATTACH DATABASE ? AS archive", (str(archive),))
-            rows += connection.execute(TRADE_SELECT.format(table="archive.trades")).fetchall()
+            has_archive = True
+        else:
+            has_archive = False
+        connection.execute("BEGIN")
+        seq = connection.execute("SELECT seq FROM commit_sequence").fetchone()[0]
+        records = {
+            record.trade_id: record
+            for record in map(row_to_record, connection.execute(TRADE_SELECT.format(table="trades")))
+        }
+        counts = dict(connection.execute("SELECT action, COUNT(*) FROM decisions GROUP BY action"))
+        if has_archive:
+            for row in connection.execute(TRADE_SELECT.format(table="archive.trades")):
+                record = row_to_record(row)
+                records.setdefault(record.trade_id, record)
+        connection.execute("COMMIT")
+    except sqlite3.DatabaseError as error:
+        raise DatabaseError(f"cannot read trades from {path}: {error}") from None
     finally:
         connection.close()
-    return [row_to_record(row) for row in rows]
+    return StoredState(int(seq), list(records.values()), counts)

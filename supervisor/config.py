@@ -95,7 +95,6 @@ class SupervisorConfig:
 
 @dataclass
 class LoggerConfig:
-    enabled: bool = True
     # Messages written in one transaction at most.
     batch_max: int = 2000
     # Accepted messages that may wait for the logger before producers block.

@@ -102,3 +102,45 @@ class DropQueue(Generic[T]):
 
     def close(self) -> None:
         self._send.close()
+
+
+class LatestByKey(Generic[T]):
+    """A queue that keeps only the newest item per key, for consumers of state.
+
+    A producer never waits: putting an item for a key that is already queued
+    replaces it. The queue therefore holds at most one item per key, and a
+    consumer that falls behind skips intermediate states instead of lagging.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._items: dict[str, T] = {}
+        self._ready = trio.Event()
+        self.replaced = 0
+
+    def put(self, key: str, item: T) -> None:
+        if key in self._items:
+            self.replaced += 1
+            # Re-insert so that iteration order stays the order of last update.
+            del self._items[key]
+        self._items[key] = item
+        self._ready.set()
+
+    async def take_all(self) -> list[T]:
+        """Wait until at least one item is queued, then return all of them."""
+        while not self._items:
+            await self._ready.wait()
+            self._ready = trio.Event()
+        items = list(self._items.values())
+        self._items.clear()
+        return items
+
+    def take_nowait(self) -> list[T]:
+        """Return all queued items, possibly none, without waiting."""
+        items = list(self._items.values())
+        self._items.clear()
+        return items
+
+    @property
+    def depth(self) -> int:
+        return len(self._items)

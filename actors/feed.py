@@ -1,0 +1,217 @@
+"""The websocket server: live metrics out (``/feed``) and trades in (``/ingest``).
+
+``/feed`` sends the current metrics snapshot on connect, then every update, as
+JSON text messages. It needs no token: it only reads, and it binds to
+127.0.0.1 by default.
+
+``/ingest`` requires ``Authorization: Bearer <token>``. Each text message is
+one JSON message object, or an array of them. Replies come in request order,
+one per request, and an ``accepted`` reply is sent only after the messages are
+committed to the database::
+
+    {"status": "accepted", "ref": ..., "key": "<trade or decision id>"}
+    {"status": "rejected", "ref": ..., "error": "...", "field": "size", "value": -1}
+    {"status": "partial", "accepted": 9, "rejected": [{"index": 3, ...}]}   (arrays)
+
+Every client has its own bounded queue and sender task, so one client that
+stops reading cannot stall the others; it is closed with code 1008 instead.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+
+from actors.logger import Envelope
+from actors.messages import InvalidMessage, dumps
+from supervisor.config import FeedConfig
+from supervisor.intake import Intake, IntakeClosed, decode_json
+
+log = logging.getLogger(__name__)
+
+# Requests on one ingest connection that may wait for their commit before the
+# server stops reading from that connection.
+INGEST_PIPELINE = 1024
+
+# Time allowed for a close handshake with a client that is not reading (seconds).
+CLOSE_TIMEOUT = 2.0
+
+
+class FeedHub:
+    """Holds the latest documents and fans them out to feed clients."""
+
+    def __init__(self, client_queue: int) -> None:
+        self._client_queue = client_queue
+        self._clients: dict[int, trio.MemorySendChannel[str]] = {}
+        self._lagging: set[int] = set()
+        self._next_id = 0
+        self.latest_metrics: dict[str, Any] | None = None
+        self._latest_text: str | None = None
+
+    @property
+    def client_count(self) -> int:
+        return len(self._clients)
+
+    def publish(self, document: dict[str, Any]) -> None:
+        """Send ``document`` to every client; never waits."""
+        text = dumps(document)
+        if document.get("type") == "metrics":
+            self.latest_metrics = document
+            self._latest_text = text
+        for client_id, channel in list(self._clients.items()):
+            try:
+                channel.send_nowait(text)
+            except trio.WouldBlock:
+                self._lagging.add(client_id)
+                channel.close()
+            except trio.ClosedResourceError:
+                pass
+
+    async def serve_client(self, connection: WebSocketConnection, peer: str) -> None:
+        """Stream documents to one client until it leaves or falls behind."""
+        client_id = self._next_id
+        self._next_id += 1
+        send, receive = trio.open_memory_channel[str](self._client_queue)
+        if self._latest_text is not None:
+            send.send_nowait(self._latest_text)
+        self._clients[client_id] = send
+        log.info("feed: client %s connected (%d clients)", peer, len(self._clients))
+        try:
+            async with receive:
+                async for text in receive:
+                    await connection.send_message(text)
+            if client_id in self._lagging:
+                log.warning("feed: client %s fell %d updates behind; closing it", peer, self._client_queue)
+                with trio.move_on_after(CLOSE_TIMEOUT):
+                    await connection.aclose(code=1008, reason="client too slow")
+        except ConnectionClosed:
+            pass
+        finally:
+            self._clients.pop(client_id, None)
+            self._lagging.discard(client_id)
+            log.info("feed: client %s disconnected", peer)
+
+
+def _bearer_token(request: WebSocketRequest) -> str | None:
+    for name, value in request.headers:
+        if name.lower() == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer":
+                return token.strip()
+    return None
+
+
+async def _ingest(connection: WebSocketConnection, intake: Intake, peer: str) -> None:
+    """Read requests, queue them, and reply in order once each is committed."""
+    replies_send, replies_receive = trio.open_memory_channel[
+        tuple[list[Envelope], Callable[[], dict[str, Any]]]
+    ](INGEST_PIPELINE)
+
+    async def send_replies() -> None:
+        async with replies_receive:
+            async for envelopes, reply in replies_receive:
+                for envelope in envelopes:
+                    await envelope.committed.wait()
+                await connection.send_message(dumps(reply()))
+
+    async def read_requests() -> None:
+        async with replies_send:
+            while True:
+                text = await connection.get_message()
+                await replies_send.send(await _handle_request(text, intake))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_replies)
+            nursery.start_soon(read_requests)
+    except* ConnectionClosed:
+        log.info("ingest: client %s disconnected", peer)
+
+
+async def _handle_request(
+    text: str | bytes, intake: Intake
+) -> tuple[list[Envelope], Callable[[], dict[str, Any]]]:
+    try:
+        data = decode_json(text)
+    except ValueError as error:
+        reply = {"status": "rejected", "error": f"request is not valid JSON: {error}"}
+        return [], lambda: reply
+
+    if isinstance(data, list):
+        return await _handle_array(data, intake)
+
+    ref = data.get("ref") if isinstance(data, dict) else None
+    try:
+        message = intake.validate(data)
+        envelope = await intake.submit(message)
+    except InvalidMessage as error:
+        reply = {"status": "rejected", "ref": ref, **error.to_dict()}
+        return [], lambda: reply
+    except IntakeClosed as error:
+        reply = {"status": "rejected", "ref": ref, "error": str(error)}
+        return [], lambda: reply
+    key = envelope.message.key
+    return [envelope], lambda: {"status": "accepted", "ref": ref, "key": key}
+
+
+async def _handle_array(
+    items: list[Any], intake: Intake
+) -> tuple[list[Envelope], Callable[[], dict[str, Any]]]:
+    envelopes: list[Envelope] = []
+    rejected: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        try:
+            envelopes.append(await intake.submit(intake.validate(item)))
+        except InvalidMessage as error:
+            rejected.append({"index": index, **error.to_dict()})
+        except IntakeClosed as error:
+            rejected.append({"index": index, "error": str(error)})
+    if not rejected:
+        status = "accepted"
+    elif envelopes:
+        status = "partial"
+    else:
+        status = "rejected"
+    reply = {"status": status, "accepted": len(envelopes), "rejected": rejected}
+    return envelopes, lambda: reply
+
+
+async def run_feed_server(
+    config: FeedConfig,
+    hub: FeedHub,
+    intake: Intake,
+    ingest_token: str,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``/feed`` and ``/ingest`` until cancelled; reports the bound port."""
+
+    async def handle(request: WebSocketRequest) -> None:
+        peer = str(request.remote)
+        path = request.path.split("?", 1)[0]
+        if path in ("/", "/feed"):
+            connection = await request.accept()
+            await hub.serve_client(connection, peer)
+        elif path == "/ingest":
+            token = _bearer_token(request)
+            if token is None or not hmac.compare_digest(token.encode(), ingest_token.encode()):
+                log.warning("ingest: rejected client %s: missing or wrong bearer token", peer)
+                await request.reject(401, body=b"missing or wrong bearer token\n")
+                return
+            connection = await request.accept()
+            log.info("ingest: client %s connected", peer)
+            await _ingest(connection, intake, peer)
+        else:
+            await request.reject(404, body=b"unknown path; use /feed or /ingest\n")
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, handle, config.host, config.port, None)
+        port = server.port
+        log.info("feed: listening on ws://%s:%d/feed and /ingest", config.host, port)
+        task_status.started(port)
+

@@ -1,0 +1,188 @@
+"""The ``tradepulse`` command: run, replay and report."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from actors.store import DatabaseError
+from importers import TradeLogError
+from supervisor.config import Config, ConfigError, load_config
+from supervisor.logs import setup_logging
+from supervisor.replay import ReplayError, replay
+from supervisor.report import print_report
+from supervisor.service import Service
+from supervisor.supervisor import ActorStartError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = Path("config.toml")
+
+
+class CommandError(Exception):
+    """A failure to report to the user as one line, without a traceback."""
+
+
+def _load(args: argparse.Namespace) -> Config:
+    path: Path | None = args.config
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    config = load_config(path)
+    setup_logging(args.log_level, config)
+    args.loaded_config = config
+    return config
+
+
+def explain_start_error(error: ActorStartError, config: Config) -> str:
+    """Turn an actor's start failure into advice for the user."""
+    cause = error.error
+    while isinstance(cause, BaseExceptionGroup) and len(cause.exceptions) == 1:
+        cause = cause.exceptions[0]
+    if isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE:
+        return (
+            f"port {config.feed.port} on {config.feed.host} is already in use; stop the other "
+            "process or set feed.port in config.toml (or TRADEPULSE_FEED_PORT)"
+        )
+    if isinstance(cause, DatabaseError):
+        return str(cause)
+    return str(error)
+
+
+async def run_until_signal(service: Service) -> None:
+    """Run ``service``; SIGINT or SIGTERM stops it cleanly, a second one at once."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                async for signum in signals:
+                    if service.stopped.is_set():
+                        return
+                    if not service._stop_requested.is_set():
+                        log.info("service: %s received; stopping", signal.Signals(signum).name)
+                        service.stop()
+                    else:
+                        log.warning("service: second signal; stopping without waiting")
+                        nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            await service.run()
+            nursery.cancel_scope.cancel()
+
+
+def command_run(args: argparse.Namespace) -> int:
+    config = _load(args)
+    service = Service(config)
+    trio.run(run_until_signal, service)
+    return 0
+
+
+def command_replay(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if args.speed is not None and args.speed <= 0:
+        raise CommandError(f"--speed must be greater than 0, got {args.speed}")
+    summary = trio.run(
+        replay,
+        config,
+        args.file,
+        args.format,
+        args.strategy,
+        args.speed,
+        not args.no_progress and sys.stderr.isatty(),
+    )
+    print(summary.describe())
+    if summary.in_process:
+        print()
+        print_report(config, as_json=False)
+    return 0 if summary.rejected == 0 else 1
+
+
+def command_report(args: argparse.Namespace) -> int:
+    config = _load(args)
+    print_report(config, as_json=args.json)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tradepulse", description="Performance tracker that runs beside a trading bot."
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="configuration file (default: ./config.toml when present, else built-in defaults)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level (default: INFO)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the service until SIGINT or SIGTERM")
+    run.set_defaults(handler=command_run)
+
+    replay_parser = commands.add_parser(
+        "replay",
+        help="stream a trade log into the running service, or into one started in-process",
+    )
+    replay_parser.add_argument("file", type=Path, help="trade log: freqtrade JSON, Kalshi or Polymarket CSV")
+    replay_parser.add_argument(
+        "--format", choices=["freqtrade", "kalshi", "polymarket"], help="log format (default: detected)"
+    )
+    replay_parser.add_argument(
+        "--strategy", help="strategy name for logs that carry none (default: 'default')"
+    )
+    replay_parser.add_argument(
+        "--speed",
+        type=float,
+        help="replay at this multiple of real time, e.g. 3600 plays an hour per second "
+        "(default: as fast as the service accepts)",
+    )
+    replay_parser.add_argument("--no-progress", action="store_true", help="do not draw a progress bar")
+    replay_parser.set_defaults(handler=command_replay)
+
+    report = commands.add_parser("report", help="print the metrics computed from the database")
+    report.add_argument("--json", action="store_true", help="print the metrics document as JSON")
+    report.set_defaults(handler=command_report)
+    return parser
+
+
+def _unwrap(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        print("tradepulse: interrupted", file=sys.stderr)
+        return 130
+    except Exception as raised:
+        # trio wraps errors from nurseries in exception groups; a single known
+        # error inside one is still a one-line message for the user.
+        error = _unwrap(raised)
+        if isinstance(error, ConfigError | CommandError):
+            print(f"tradepulse: error: {error}", file=sys.stderr)
+            return 2
+        if isinstance(error, DatabaseError | TradeLogError | ReplayError):
+            print(f"tradepulse: error: {error}", file=sys.stderr)
+            return 1
+        if isinstance(error, ActorStartError):
+            print(f"tradepulse: error: {explain_start_error(error, args.loaded_config)}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""The service: the queues, the actors and the order they start and stop in.
+
+Data flow::
+
+    bot --/ingest--> Intake --Mailbox--> logger --commit--> metrics --> feed
+                                           |                 (LatestByKey)
+                                           +--> notifier, reflection (DropQueue)
+
+The service owns every queue, so that an actor restart never loses what was
+queued for it. Shutdown closes the intake first, lets the logger commit what
+was accepted, then stops the actors in reverse start order.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from actors.archiver import run_archiver
+from actors.feed import FeedHub, run_feed_server
+from actors.logger import Committed, Envelope, run_logger
+from actors.metrics import Update, run_metrics
+from actors.notifier import Notification, format_resolved, run_notifier
+from actors.reflection import run_reflection
+from actors.store import DatabaseError, open_sync, prepare_archive_sync
+from actors.trades import TradeRecord
+from supervisor.config import Config
+from supervisor.intake import Intake
+from supervisor.mailbox import DropQueue, LatestByKey, Mailbox
+from supervisor.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+# Interval at which shutdown checks whether the logger has drained (seconds).
+_DRAIN_POLL = 0.01
+
+
+def load_or_create_token(path: Path) -> str:
+    """Return the ingest token stored at ``path``, creating it if missing.
+
+    The file is created with mode 0600 so that only its owner can read it.
+    """
+    try:
+        token = path.read_text().strip()
+        if token:
+            return token
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(token + "\n")
+    return token
+
+
+class Service:
+    """One tradepulse instance: call ``run`` in a nursery, ``stop`` to end it."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.logger_inbox: Mailbox[Envelope] = Mailbox("logger", config.logger.queue_size)
+        self.metrics_updates: LatestByKey[Update] = LatestByKey("metrics")
+        self.notifications: DropQueue[Notification] = DropQueue(
+            "notifier", config.notifier.queue_size
+        )
+        self.reflection_inbox: DropQueue[TradeRecord] = DropQueue(
+            "reflection", config.reflection.queue_size
+        )
+        self.hub = FeedHub(config.feed.client_queue)
+        self.intake = Intake(self.logger_inbox)
+        self.supervisor = Supervisor(config.supervisor, on_restart=self._on_restart)
+        self.port: int | None = None
+        self.ingest_token = ""
+        self._stop_requested = trio.Event()
+        self.stopped = trio.Event()
+
+    # -- wiring ---------------------------------------------------------------
+
+    def _on_commit(self, committed: Committed) -> None:
+        if self.config.metrics.enabled:
+            for record in committed.trades:
+                update = Update(committed.seq, record)
+                self.metrics_updates.put(update.key, update)
+            for decision in committed.decisions:
+                update = Update(committed.seq, decision)
+                self.metrics_updates.put(update.key, update)
+        for record in committed.newly_resolved:
+            if self.config.notifier.enabled and self.config.notifier.notify_resolved:
+                self.notifications.offer(Notification("resolved", format_resolved(record)))
+            if self.config.reflection_active:
+                self.reflection_inbox.offer(record)
+
+    def _on_restart(self, actor: str, error: str) -> None:
+        if self.config.notifier.enabled and actor != "notifier":
+            self.notifications.offer(
+                Notification("restart", f"tradepulse: actor {actor} failed and was restarted: {error}")
+            )
+
+    def _notify(self, notification: Notification) -> bool:
+        if not self.config.notifier.enabled:
+            return False
+        return self.notifications.offer(notification)
+
+    def status(self) -> dict[str, Any]:
+        """Actor states and queue depths, as published on the feed."""
+        return {
+            "type": "status",
+            "actors": [status.to_dict() for status in self.supervisor.actors.values()],
+            "queues": {
+                "logger": self.logger_inbox.depth,
+                "metrics": self.metrics_updates.depth,
+                "notifier": self.notifications.depth,
+                "reflection": self.reflection_inbox.depth,
+            },
+            "dropped": {
+                "notifier": self.notifications.dropped,
+                "reflection": self.reflection_inbox.dropped,
+            },
+            "intake": {"accepted": self.intake.accepted, "rejected": self.intake.rejected},
+        }
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        """Create the data folder and migrate both databases, or raise ``DatabaseError``."""
+        service = self.config.service
+        try:
+            service.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise DatabaseError(
+                f"cannot create data folder {service.data_dir}: {error.strerror}"
+            ) from None
+        open_sync(service.database_path).close()
+        prepare_archive_sync(service.archive_path)
+        configured = service.ingest_token.reveal()
+        self.ingest_token = configured or load_or_create_token(service.token_path)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start every enabled actor, serve until ``stop``, then shut down in order."""
+        config = self.config
+        database = config.service.database_path
+        archive = config.service.archive_path
+        await trio.to_thread.run_sync(self._prepare)
+
+        actors: list[tuple[str, Any]] = [
+            (
+                "logger",
+                functools.partial(run_logger, config.logger, self.logger_inbox, database, archive, self._on_commit),
+            )
+        ]
+        if config.metrics.enabled:
+            actors.append(
+                (
+                    "metrics",
+                    functools.partial(
+                        run_metrics, config.metrics, self.metrics_updates, database, archive, self.hub.publish
+                    ),
+                )
+            )
+        if config.notifier.enabled:
+            actors.append(("notifier", functools.partial(run_notifier, config.notifier, self.notifications)))
+        if config.reflection_active:
+            actors.append(
+                (
+                    "reflection",
+                    functools.partial(
+                        run_reflection, config.reflection, self.reflection_inbox, database, self._notify
+                    ),
+                )
+            )
+        elif config.reflection.enabled:
+            log.info("reflection: off because no API key is set (TRADEPULSE_OPENAI_API_KEY)")
+        if config.archiver.enabled:
+            actors.append(("archiver", functools.partial(run_archiver, config.archiver, database, archive)))
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for name, actor in actors:
+                    await self.supervisor.start(nursery, name, actor)
+                if config.feed.enabled:
+                    await self._start_feed(nursery)
+                log.info("service: running with actors %s", ", ".join(self.supervisor.actors))
+                task_status.started()
+
+                await self._stop_requested.wait()
+                await self._shutdown()
+        finally:
+            self.stopped.set()
+
+    async def _start_feed(self, nursery: trio.Nursery) -> None:
+        port_holder: list[int] = []
+
+        async def feed(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            async with trio.open_nursery() as inner:
+                port = await inner.start(
+                    run_feed_server, self.config.feed, self.hub, self.intake, self.ingest_token
+                )
+                port_holder.append(port)
+                task_status.started()
+
+        await self.supervisor.start(nursery, "feed", feed)
+        self.port = port_holder[0]
+
+    async def _shutdown(self) -> None:
+        log.info("service: shutting down; intake closed, waiting for the logger to commit")
+        self.intake.close()
+        grace = self.config.supervisor.shutdown_grace
+        with trio.move_on_after(grace) as scope:
+            while self.logger_inbox.depth:
+                await trio.sleep(_DRAIN_POLL)
+            # Let ingest connections send the replies for the last commit.
+            await trio.sleep(_DRAIN_POLL)
+        if scope.cancelled_caught:
+            log.error(
+                "service: logger did not commit %d accepted messages within %.1f s; "
+                "the bot will see them unacknowledged",
+                self.logger_inbox.depth,
+                grace,
+            )
+        for name in reversed(list(self.supervisor.actors)):
+            self.supervisor.stop(name)
+        log.info("service: stopped")
+
+    def stop(self) -> None:
+        """Ask the service to shut down; ``run`` returns once it has."""
+        self._stop_requested.set()
