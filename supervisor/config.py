@@ -264,8 +264,12 @@ def build_config(data: Mapping[str, Any], environ: Mapping[str, str] | None = No
 
 
 def _check(config: Config) -> None:
-    if not 1 <= config.feed.port <= 65535:
-        raise ConfigError(f"feed.port must lie between 1 and 65535, got {config.feed.port}")
+    # Port 0 asks the system for any free port; tests use it.
+    if not 0 <= config.feed.port <= 65535:
+        raise ConfigError(f"feed.port must lie between 0 and 65535, got {config.feed.port}")
+    if config.archiver.chunk_size > 30_000:
+        # Each chunk is bound as SQL parameters; SQLite allows 32766 per statement.
+        raise ConfigError(f"archiver.chunk_size must be at most 30000, got {config.archiver.chunk_size}")
     for name, value in (
         ("logger.batch_max", config.logger.batch_max),
         ("logger.queue_size", config.logger.queue_size),

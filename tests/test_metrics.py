@@ -1,0 +1,139 @@
+"""The metrics state and actor: exact sums, no NaN, rebuild after restart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from actors.logger import write_batch
+from actors.messages import dumps
+from actors.metrics import MetricsState, Update, compute_from_records, run_metrics
+from actors.store import open_database
+from actors.trades import TradeRecord, apply_trade_message
+from helpers import cancelled, decision, opened, resolved
+from supervisor.config import MetricsConfig
+from supervisor.mailbox import LatestByKey
+
+
+def feed(state: MetricsState, *messages: Any) -> None:
+    records: dict[str, TradeRecord] = {}
+    for message in messages:
+        record = apply_trade_message(records.get(message.trade_id), message)
+        records[message.trade_id] = record
+        state.apply(record)
+
+
+def test_counts_and_pnl() -> None:
+    state = MetricsState()
+    feed(
+        state,
+        opened("a"), resolved("a", "0.37"),
+        opened("b"), resolved("b", "-9.63"),
+        opened("c"), resolved("c", "0"),
+        opened("d"),
+        opened("e"), cancelled("e"),
+    )
+    snapshot = state.snapshot()
+    assert (snapshot["wins"], snapshot["losses"], snapshot["draws"]) == (1, 1, 1)
+    assert (snapshot["open"], snapshot["resolved"], snapshot["cancelled"]) == (1, 3, 1)
+    assert snapshot["realized_pnl"] == -9.26
+    assert snapshot["win_rate"] == 0.5
+    assert snapshot["open_exposure"] == 9.6
+    assert snapshot["profit_factor"] == round(0.37 / 9.63, 6)
+
+
+def test_undefined_ratios_are_null() -> None:
+    state = MetricsState()
+    feed(state, opened("a"), resolved("a", "1"))
+    snapshot = state.snapshot()
+    assert snapshot["profit_factor"] is None
+    empty = MetricsState().snapshot()
+    assert empty["win_rate"] is None
+    text = dumps(empty) + dumps(snapshot)
+    assert "NaN" not in text
+    assert "Infinity" not in text
+
+
+def test_correction_replaces_pnl() -> None:
+    state = MetricsState()
+    feed(state, opened("a"), resolved("a", "5"), resolved("a", "-2"))
+    snapshot = state.snapshot()
+    assert snapshot["realized_pnl"] == -2.0
+    assert (snapshot["wins"], snapshot["losses"]) == (0, 1)
+    assert snapshot["max_drawdown"] == 2.0
+
+
+def test_max_drawdown_in_time_order() -> None:
+    in_order = MetricsState()
+    feed(
+        in_order,
+        resolved("a", "10", minute=1), resolved("b", "-4", minute=2),
+        resolved("c", "-3", minute=3), resolved("d", "8", minute=4),
+    )
+    shuffled = MetricsState()
+    feed(
+        shuffled,
+        resolved("d", "8", minute=4), resolved("b", "-4", minute=2),
+        resolved("a", "10", minute=1), resolved("c", "-3", minute=3),
+    )
+    assert in_order.snapshot()["max_drawdown"] == 7.0
+    assert shuffled.snapshot()["max_drawdown"] == 7.0
+
+
+def test_per_strategy_breakdown() -> None:
+    state = MetricsState()
+    feed(
+        state,
+        opened("a", strategy="alpha"), resolved("a", "1"),
+        opened("b", strategy="beta"), resolved("b", "-1"),
+    )
+    by_strategy = state.snapshot()["by_strategy"]
+    assert set(by_strategy) == {"alpha", "beta"}
+    assert by_strategy["alpha"]["wins"] == 1
+    assert by_strategy["beta"]["losses"] == 1
+
+
+def test_incremental_equals_recomputation() -> None:
+    state = MetricsState()
+    messages = []
+    for index in range(50):
+        messages.append(opened(f"t{index}", minute=index))
+        if index % 3:
+            messages.append(resolved(f"t{index}", str(index % 7 - 3), minute=index + 1))
+    feed(state, *messages)
+    rebuilt = compute_from_records(state.records.values())
+    left, right = state.snapshot(), rebuilt.snapshot()
+    left.pop("generated_at")
+    right.pop("generated_at")
+    assert left == right
+
+
+async def test_actor_rebuilds_and_publishes(tmp_path: Path) -> None:
+    database, archive = tmp_path / "t.sqlite", tmp_path / "a.sqlite"
+    connection = await open_database(database, archive)
+    await write_batch(connection, [opened("a"), resolved("a", "2"), decision("hold")])
+    committed = await write_batch(connection, [opened("b")])
+    await connection.close()
+
+    published: list[dict[str, Any]] = []
+    updates: LatestByKey[Update] = LatestByKey("metrics")
+    config = MetricsConfig(publish_interval=0.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_metrics, config, updates, database, archive, published.append)
+        assert published[-1]["resolved"] == 1
+        assert published[-1]["open"] == 1
+        assert published[-1]["decisions"] == {"trade": 0, "hold": 1}
+        # An update from a commit that the rebuild already saw is not counted again.
+        old = Update(committed.seq, committed.trades[0])
+        updates.put(old.key, old)
+        newer = decision("hold", minute=9)
+        updates.put("decision:x", Update(committed.seq + 1, newer))
+        with trio.fail_after(5):
+            while published[-1]["decisions"]["hold"] != 2:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert published[-1]["open"] == 1
+    json.dumps(published[-1], allow_nan=False)
