@@ -212,6 +212,16 @@ async def _replay_in_process(
         service.stop()
 
 
+async def _service_listening(config: Config) -> bool:
+    """Return True if something accepts TCP connections on the feed port."""
+    try:
+        stream = await trio.open_tcp_stream(config.feed.host, config.feed.port)
+    except OSError:
+        return False
+    await stream.aclose()
+    return True
+
+
 async def replay(
     config: Config,
     path: Path,
@@ -229,23 +239,20 @@ async def replay(
     target = f"ws://{config.feed.host}:{config.feed.port}/ingest"
     progress = Progress(len(messages), show_progress)
 
-    connected = False
-    if config.feed.enabled:
+    if config.feed.enabled and await _service_listening(config):
+        summary = ReplaySummary(path, result.format, len(messages), False, target)
+        summary.skipped_rows = len(result.problems)
+        token = _ingest_token(config)
         try:
             async with trio_websocket.open_websocket(
                 config.feed.host,
                 config.feed.port,
                 "/ingest",
                 use_ssl=False,
-                extra_headers=[(b"Authorization", f"Bearer {_ingest_token(config)}".encode())],
+                extra_headers=[(b"Authorization", f"Bearer {token}".encode())],
             ) as connection:
-                connected = True
-                summary = ReplaySummary(path, result.format, len(messages), False, target)
-                summary.skipped_rows = len(result.problems)
                 if messages:
                     await _replay_remote(connection, messages, speed, summary, progress)
-                progress.finish()
-                return summary
         except trio_websocket.ConnectionRejected as error:
             if error.status_code == 401:
                 raise ReplayError(
@@ -259,10 +266,14 @@ async def replay(
             raise ReplayError(
                 f"{target} is not a tradepulse service ({error}); set feed.port to a free port"
             ) from None
-        except OSError:
-            if connected:
-                raise
-            # Nothing listens there: run the service in this process.
+        except trio_websocket.ConnectionClosed as error:
+            raise ReplayError(
+                f"the service at {target} closed the connection after {summary.accepted} "
+                f"accepted messages ({error.reason}); replaying again is safe, because "
+                "storage is idempotent by trade id"
+            ) from None
+        progress.finish()
+        return summary
 
     summary = ReplaySummary(path, result.format, len(messages), True, target)
     summary.skipped_rows = len(result.problems)
