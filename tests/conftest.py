@@ -25,3 +25,11 @@ def shared_file(relative: str) -> Path:
 KALSHI_CSV = "kalshi-btc15m-paper/paper_trades.csv"
 POLYMARKET_CSV = "polymarket-llm-paper-fills/paper_trades.csv"
 FREQTRADE_JSON = "freqtrade-meanrev-long-short/backtest-result-2024-05-14_16-15-48.json"
+
+
+@pytest.fixture(autouse=True)
+def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep test traffic on loopback even where a proxy is configured."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
