@@ -55,10 +55,22 @@ class Committed:
     """What one transaction changed, numbered by the transaction's sequence."""
 
     seq: int
-    trades: list[TradeRecord]
+    # Each changed trade as (state before, state after); before is None for a new trade.
+    changes: list[tuple[TradeRecord | None, TradeRecord]]
     decisions: list[Decision]
-    # Trades that this transaction moved to "resolved", a subset of ``trades``.
-    newly_resolved: list[TradeRecord] = field(default_factory=list)
+
+    @property
+    def trades(self) -> list[TradeRecord]:
+        return [after for _, after in self.changes]
+
+    @property
+    def newly_resolved(self) -> list[TradeRecord]:
+        """Trades that this transaction moved to "resolved"."""
+        return [
+            after
+            for before, after in self.changes
+            if after.status == "resolved" and (before is None or before.status != "resolved")
+        ]
 
 
 CommitListener = Callable[[Committed], None]
@@ -121,8 +133,8 @@ async def write_batch(
         else:
             archived = set()
 
+        original = dict(current)
         changed: dict[str, TradeRecord] = {}
-        was_resolved = {i for i, r in current.items() if r.status == "resolved"}
         for message in messages:
             if isinstance(message, Decision):
                 continue
@@ -167,10 +179,8 @@ async def write_batch(
         # connection is clean for the next batch; the error still propagates.
         if not committed:
             await connection.rollback()
-    newly_resolved = [
-        r for r in changed.values() if r.status == "resolved" and r.trade_id not in was_resolved
-    ]
-    return Committed(int(row[0]), list(changed.values()), new_decisions, newly_resolved)
+    changes = [(original.get(trade_id), after) for trade_id, after in changed.items()]
+    return Committed(int(row[0]), changes, new_decisions)
 
 
 async def run_logger(

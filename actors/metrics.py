@@ -22,11 +22,12 @@ from typing import Any
 
 import trio
 
+from actors.logger import Committed
 from actors.messages import Decision, format_time
 from actors.store import load_stored_state_sync
 from actors.trades import TradeRecord
 from supervisor.config import MetricsConfig
-from supervisor.mailbox import LatestByKey
+from supervisor.mailbox import Backlog
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,11 @@ class MetricsState:
         self._track_curve(before, record)
         return True
 
+    def apply_change(self, before: TradeRecord | None, after: TradeRecord) -> bool:
+        """Apply one committed change; return True if the state changed."""
+        del before  # the state keeps each trade's latest record itself
+        return self.apply(after)
+
     def apply_decision(self, decision: Decision) -> None:
         self.decisions[decision.action] += 1
 
@@ -216,23 +222,9 @@ def load_state_sync(database: Path, archive: Path | None) -> tuple[int, MetricsS
     return stored.seq, state
 
 
-@dataclass(frozen=True, slots=True)
-class Update:
-    """A committed change for the metrics actor: a trade's new state or a new decision."""
-
-    seq: int
-    item: TradeRecord | Decision
-
-    @property
-    def key(self) -> str:
-        if isinstance(self.item, Decision):
-            return "decision:" + self.item.decision_id
-        return "trade:" + self.item.trade_id
-
-
 async def run_metrics(
     config: MetricsConfig,
-    updates: LatestByKey[Update],
+    inbox: Backlog[Committed],
     database: Path,
     archive: Path,
     publish: Callable[[dict[str, Any]], None],
@@ -240,33 +232,32 @@ async def run_metrics(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Keep the live snapshot and publish it at most every ``publish_interval`` seconds."""
-    # Rebuilding from the database makes a restart exact: every update this
-    # actor lost in a crash was committed before it was queued. Updates from
-    # transactions that the rebuild already saw are skipped, because decisions
-    # are counted, not keyed.
+    # Rebuilding from the database makes a restart exact: every transaction
+    # this actor lost in a crash was committed before it was queued. The
+    # transactions that the rebuild already saw are skipped by sequence number.
     loaded_seq, state = await trio.to_thread.run_sync(load_state_sync, database, archive)
     log.info("metrics: started with %d trades (commit %d)", len(state.records), loaded_seq)
     publish(state.snapshot())
     task_status.started()
 
-    def apply_all(batch: list[Update]) -> bool:
+    def apply_all(batch: list[Committed]) -> bool:
         changed = False
-        for update in batch:
-            if update.seq <= loaded_seq:
+        for committed in batch:
+            if committed.seq <= loaded_seq:
                 continue
-            if isinstance(update.item, Decision):
-                state.apply_decision(update.item)
+            for before, after in committed.changes:
+                changed |= state.apply_change(before, after)
+            for decision in committed.decisions:
+                state.apply_decision(decision)
                 changed = True
-            else:
-                changed |= state.apply(update.item)
         return changed
 
     last_publish = trio.current_time()
     while True:
-        if not apply_all(await updates.take_all()):
+        if not apply_all(await inbox.take_all()):
             continue
-        # Coalesce: updates that arrive while we wait go into the same snapshot.
+        # Coalesce: transactions that commit while we wait go into the same snapshot.
         await trio.sleep_until(last_publish + config.publish_interval)
-        apply_all(updates.take_nowait())
+        apply_all(inbox.take_nowait())
         publish(state.snapshot())
         last_publish = trio.current_time()

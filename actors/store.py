@@ -16,7 +16,7 @@ import trio
 
 from actors.trades import TRADE_COLUMNS, TradeRecord, row_to_record
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Migrations by the version they produce. A database at version N runs every
 # script above N in order, each in its own transaction.
@@ -82,6 +82,20 @@ MIGRATIONS: dict[int, list[str]] = {
         # knows which of the logger's later notifications it has seen already.
         "CREATE TABLE IF NOT EXISTS commit_sequence (seq INTEGER NOT NULL)",
         "INSERT INTO commit_sequence (seq) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM commit_sequence)",
+    ],
+    2: [
+        # Messages that made an actor fail repeatedly, kept for inspection and retry.
+        """
+        CREATE TABLE IF NOT EXISTS dead_letters (
+            letter_id INTEGER PRIMARY KEY AUTOINCREMENT,
+            created_at TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            message TEXT NOT NULL,
+            error TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            retried_at TEXT
+        )
+        """,
     ],
 }
 

@@ -13,6 +13,7 @@ never blocks a producer and counts what it drops instead.
 
 from __future__ import annotations
 
+import collections
 from typing import Generic, TypeVar
 
 import trio
@@ -104,40 +105,33 @@ class DropQueue(Generic[T]):
         self._send.close()
 
 
-class LatestByKey(Generic[T]):
-    """A queue that keeps only the newest item per key, for consumers of state.
+class Backlog(Generic[T]):
+    """An unbounded queue whose producer never waits, for a fast consumer.
 
-    A producer never waits: putting an item for a key that is already queued
-    replaces it. The queue therefore holds at most one item per key, and a
-    consumer that falls behind skips intermediate states instead of lagging.
+    The metrics actor consumes each committed transaction in O(1) per trade,
+    so this stays short; while that actor restarts it grows, and the restarted
+    actor skips what its rebuild from the database already covers.
     """
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._items: dict[str, T] = {}
+        self._items: collections.deque[T] = collections.deque()
         self._ready = trio.Event()
-        self.replaced = 0
 
-    def put(self, key: str, item: T) -> None:
-        if key in self._items:
-            self.replaced += 1
-            # Re-insert so that iteration order stays the order of last update.
-            del self._items[key]
-        self._items[key] = item
+    def put(self, item: T) -> None:
+        self._items.append(item)
         self._ready.set()
 
     async def take_all(self) -> list[T]:
-        """Wait until at least one item is queued, then return all of them."""
+        """Wait until at least one item is queued, then return all of them in order."""
         while not self._items:
             await self._ready.wait()
             self._ready = trio.Event()
-        items = list(self._items.values())
-        self._items.clear()
-        return items
+        return self.take_nowait()
 
     def take_nowait(self) -> list[T]:
-        """Return all queued items, possibly none, without waiting."""
-        items = list(self._items.values())
+        """Return all queued items in order, possibly none, without waiting."""
+        items = list(self._items)
         self._items.clear()
         return items
 

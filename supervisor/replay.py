@@ -206,7 +206,7 @@ async def _replay_in_process(
             await envelope.committed.wait()
             progress.advance(1)
         # Give the metrics actor time to publish the final snapshot to the feed.
-        while service.metrics_updates.depth:
+        while service.metrics_inbox.depth:
             await trio.sleep(0.01)
         await trio.sleep(config.metrics.publish_interval * 2)
         service.stop()

@@ -3,7 +3,7 @@
 Data flow::
 
     bot --/ingest--> Intake --Mailbox--> logger --commit--> metrics --> feed
-                                           |                 (LatestByKey)
+                                           |                 (Backlog)
                                            +--> notifier, reflection (DropQueue)
 
 The service owns every queue, so that an actor restart never loses what was
@@ -25,14 +25,14 @@ import trio
 from actors.archiver import run_archiver
 from actors.feed import FeedHub, run_feed_server
 from actors.logger import Committed, Envelope, run_logger
-from actors.metrics import Update, run_metrics
+from actors.metrics import run_metrics
 from actors.notifier import Notification, format_resolved, run_notifier
 from actors.reflection import run_reflection
 from actors.store import DatabaseError, open_sync, prepare_archive_sync
 from actors.trades import TradeRecord
 from supervisor.config import Config
 from supervisor.intake import Intake
-from supervisor.mailbox import DropQueue, LatestByKey, Mailbox
+from supervisor.mailbox import Backlog, DropQueue, Mailbox
 from supervisor.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class Service:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.logger_inbox: Mailbox[Envelope] = Mailbox("logger", config.logger.queue_size)
-        self.metrics_updates: LatestByKey[Update] = LatestByKey("metrics")
+        self.metrics_inbox: Backlog[Committed] = Backlog("metrics")
         self.notifications: DropQueue[Notification] = DropQueue(
             "notifier", config.notifier.queue_size
         )
@@ -84,13 +84,8 @@ class Service:
     # -- wiring ---------------------------------------------------------------
 
     def _on_commit(self, committed: Committed) -> None:
-        if self.config.metrics.enabled:
-            for record in committed.trades:
-                update = Update(committed.seq, record)
-                self.metrics_updates.put(update.key, update)
-            for decision in committed.decisions:
-                update = Update(committed.seq, decision)
-                self.metrics_updates.put(update.key, update)
+        if self.config.metrics.enabled and (committed.changes or committed.decisions):
+            self.metrics_inbox.put(committed)
         for record in committed.newly_resolved:
             if self.config.notifier.enabled and self.config.notifier.notify_resolved:
                 self.notifications.offer(Notification("resolved", format_resolved(record)))
@@ -115,7 +110,7 @@ class Service:
             "actors": [status.to_dict() for status in self.supervisor.actors.values()],
             "queues": {
                 "logger": self.logger_inbox.depth,
-                "metrics": self.metrics_updates.depth,
+                "metrics": self.metrics_inbox.depth,
                 "notifier": self.notifications.depth,
                 "reflection": self.reflection_inbox.depth,
             },
@@ -160,7 +155,7 @@ class Service:
                 (
                     "metrics",
                     functools.partial(
-                        run_metrics, config.metrics, self.metrics_updates, database, archive, self.hub.publish
+                        run_metrics, config.metrics, self.metrics_inbox, database, archive, self.hub.publish
                     ),
                 )
             )

@@ -43,7 +43,7 @@ async def test_wal_mode_and_schema_version(tmp_path: Path) -> None:
     cursor = await connection.execute("PRAGMA journal_mode")
     assert (await cursor.fetchone()) == ("wal",)
     await connection.close()
-    assert rows(tmp_path / "t.sqlite", "SELECT MAX(version) FROM schema_version") == [(1,)]
+    assert rows(tmp_path / "t.sqlite", "SELECT MAX(version) FROM schema_version") == [(2,)]
 
 
 async def test_duplicate_trade_stored_once(tmp_path: Path) -> None:

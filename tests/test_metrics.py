@@ -10,12 +10,13 @@ import trio
 
 from actors.logger import write_batch
 from actors.messages import dumps
-from actors.metrics import MetricsState, Update, compute_from_records, run_metrics
+from actors.logger import Committed
+from actors.metrics import MetricsState, compute_from_records, run_metrics
 from actors.store import open_database
 from actors.trades import TradeRecord, apply_trade_message
 from helpers import cancelled, decision, opened, resolved
 from supervisor.config import MetricsConfig
-from supervisor.mailbox import LatestByKey
+from supervisor.mailbox import Backlog
 
 
 def feed(state: MetricsState, *messages: Any) -> None:
@@ -119,18 +120,17 @@ async def test_actor_rebuilds_and_publishes(tmp_path: Path) -> None:
     await connection.close()
 
     published: list[dict[str, Any]] = []
-    updates: LatestByKey[Update] = LatestByKey("metrics")
+    inbox: Backlog[Committed] = Backlog("metrics")
     config = MetricsConfig(publish_interval=0.0)
     async with trio.open_nursery() as nursery:
-        await nursery.start(run_metrics, config, updates, database, archive, published.append)
+        await nursery.start(run_metrics, config, inbox, database, archive, published.append)
         assert published[-1]["resolved"] == 1
         assert published[-1]["open"] == 1
         assert published[-1]["decisions"] == {"trade": 0, "hold": 1}
-        # An update from a commit that the rebuild already saw is not counted again.
-        old = Update(committed.seq, committed.trades[0])
-        updates.put(old.key, old)
+        # A transaction that the rebuild already saw is not counted again.
+        inbox.put(committed)
         newer = decision("hold", minute=9)
-        updates.put("decision:x", Update(committed.seq + 1, newer))
+        inbox.put(Committed(committed.seq + 1, [], [newer]))
         with trio.fail_after(5):
             while published[-1]["decisions"]["hold"] != 2:
                 await trio.sleep(0.01)
