@@ -14,18 +14,23 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlite_anyio
 import trio
 
-from actors.messages import Decision, Message, dumps, format_time
+from actors.journal import Journal
+from actors.messages import Decision, Message, dumps, format_time, message_to_dict
 from actors.store import TRADE_SELECT, TRADE_UPSERT, open_database
 from actors.trades import TradeRecord, apply_trade_message, record_to_row, row_to_record
 from supervisor.config import LoggerConfig
+from supervisor.faults import check_poison, fault_point
 from supervisor.mailbox import Mailbox
+from supervisor.supervisor import busy
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +48,15 @@ DECISION_INSERT = (
 class Envelope:
     """An accepted message on its way to the database.
 
-    ``committed`` is set once the transaction that stored it has committed.
+    ``committed`` is set once the message is durable: committed to the
+    database, appended to the fallback journal, or set aside as a dead letter.
     """
 
     message: Message
     committed: trio.Event = field(default_factory=trio.Event)
+    # Times the logger tried to store it, and the last error that made it fail.
+    attempts: int = 0
+    last_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +83,10 @@ class Committed:
 
 
 CommitListener = Callable[[Committed], None]
+
+# Called with a one-line text when the database fails or recovers, or a
+# message becomes a dead letter.
+AlertListener = Callable[[str], None]
 
 
 def _decision_row(decision: Decision) -> tuple[object, ...]:
@@ -183,27 +196,188 @@ async def write_batch(
     return Committed(int(row[0]), changes, new_decisions)
 
 
+def _is_storage_failure(error: Exception) -> bool:
+    """Return True for errors of the database itself rather than of a message.
+
+    Disk full, a lock held too long, a read-only file and I/O errors are
+    ``OperationalError``; they fail every message alike, so they send the batch
+    to the journal instead of counting against the message.
+    """
+    return isinstance(error, sqlite3.OperationalError)
+
+
+async def _write_dead_letter(
+    connection: sqlite_anyio.Connection, envelope: Envelope, error: str
+) -> None:
+    await connection.execute(
+        "INSERT INTO dead_letters (created_at, actor, message, error, attempts) VALUES (?, ?, ?, ?, ?)",
+        (
+            format_time(datetime.now(UTC)),
+            "logger",
+            dumps(message_to_dict(envelope.message)),
+            error,
+            envelope.attempts,
+        ),
+    )
+    await connection.commit()
+
+
+class _Logger:
+    """One incarnation of the logger actor."""
+
+    def __init__(
+        self,
+        config: LoggerConfig,
+        inbox: Mailbox[Envelope],
+        connection: sqlite_anyio.Connection,
+        journal: Journal,
+        on_commit: CommitListener,
+        on_alert: AlertListener,
+    ) -> None:
+        self.config = config
+        self.inbox = inbox
+        self.connection = connection
+        self.journal = journal
+        self.on_commit = on_commit
+        self.on_alert = on_alert
+        self.outage = False
+
+    async def store(self, messages: Sequence[Message]) -> Committed:
+        committed = await write_batch(self.connection, messages)
+        # A crash here leaves the batch committed but unacknowledged; it is
+        # delivered again and the idempotent write changes nothing.
+        fault_point("logger.after_commit")
+        self.on_commit(committed)
+        return committed
+
+    async def replay_journal(self) -> bool:
+        """Move journaled messages into the database; return True when the journal is empty."""
+        if not await trio.to_thread.run_sync(self.journal.pending):
+            return True
+        messages = await trio.to_thread.run_sync(self.journal.read)
+        try:
+            for start in range(0, len(messages), self.config.batch_max):
+                await self.store(messages[start : start + self.config.batch_max])
+        except sqlite3.OperationalError:
+            return False
+        await trio.to_thread.run_sync(self.journal.clear)
+        log.warning("logger: database writable again; %d journaled messages stored", len(messages))
+        self.outage = False
+        self.on_alert(f"database writable again; {len(messages)} journaled messages stored")
+        return True
+
+    async def to_journal(self, batch: Sequence[Envelope], error: Exception | None) -> None:
+        # OSError propagates: with neither the database nor the journal
+        # writable, the batch stays unacknowledged and the actor restarts.
+        await trio.to_thread.run_sync(self.journal.append, [e.message for e in batch])
+        if not self.outage:
+            self.outage = True
+            log.error(
+                "logger: cannot write the database (%s); accepted messages go to the journal %s",
+                error,
+                self.journal.path,
+            )
+            self.on_alert(f"database write failed ({error}); trades are kept in the journal")
+        self.acknowledge(batch)
+
+    def acknowledge(self, batch: Sequence[Envelope]) -> None:
+        self.inbox.ack()
+        for envelope in batch:
+            envelope.committed.set()
+
+    async def handle(self, batch: list[Envelope]) -> None:
+        pending = [e for e in batch if not e.committed.is_set()]
+        if not await self.replay_journal():
+            await self.to_journal(pending, None)
+            return
+
+        if len(pending) > 1 and any(e.attempts for e in pending):
+            # This batch crashed the logger before. Write its messages one at a
+            # time, so that only the message at fault is retried and, after
+            # max_attempts, set aside as a dead letter.
+            for envelope in pending:
+                await self.handle_one(envelope)
+            self.acknowledge(batch)
+            return
+
+        try:
+            for envelope in pending:
+                check_poison(envelope.message.key)
+            await self.store([e.message for e in pending])
+        except Exception as error:
+            if _is_storage_failure(error):
+                await self.to_journal(pending, error)
+                return
+            # Only failures of our own count against a message; a kill or a
+            # cancellation from outside is not its fault.
+            for envelope in pending:
+                envelope.attempts += 1
+                envelope.last_error = describe_error(error)
+            raise
+        self.acknowledge(batch)
+
+    async def handle_one(self, envelope: Envelope) -> None:
+        if envelope.committed.is_set():
+            return
+        if envelope.attempts >= self.config.max_attempts:
+            error = envelope.last_error or "unknown error"
+            await _write_dead_letter(self.connection, envelope, error)
+            log.error(
+                "logger: message %s failed %d times; moved to dead letters: %s",
+                envelope.message.key,
+                envelope.attempts,
+                error,
+            )
+            self.on_alert(f"message {envelope.message.key} moved to dead letters: {error}")
+            envelope.committed.set()
+            return
+        try:
+            check_poison(envelope.message.key)
+            await self.store([envelope.message])
+        except Exception as error:
+            if _is_storage_failure(error):
+                await trio.to_thread.run_sync(self.journal.append, [envelope.message])
+                envelope.committed.set()
+                return
+            envelope.attempts += 1
+            envelope.last_error = describe_error(error)
+            raise
+        envelope.committed.set()
+
+
+def describe_error(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 async def run_logger(
     config: LoggerConfig,
     inbox: Mailbox[Envelope],
     database: Path,
     archive: Path,
     on_commit: CommitListener,
+    on_alert: AlertListener,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Take batches from ``inbox``, store them and acknowledge them, forever."""
-    connection = await open_database(database, archive)
+    connection = await open_database(database, archive, busy_timeout_ms=config.busy_timeout_ms)
+    journal = Journal(config.journal_path(database))
+    logger = _Logger(config, inbox, connection, journal, on_commit, on_alert)
     try:
         log.info("logger: started on %s", database)
         task_status.started()
         while True:
-            batch = await inbox.take_batch(config.batch_max)
-            committed = await write_batch(connection, [e.message for e in batch])
-            inbox.ack()
-            for envelope in batch:
-                envelope.committed.set()
-            on_commit(committed)
+            batch: list[Envelope] | None = None
+            # While the journal holds messages, wake up now and then to retry
+            # the database even if no new message arrives.
+            with trio.move_on_after(config.journal_retry if logger.outage else float("inf")):
+                batch = await inbox.take_batch(config.batch_max)
+            with busy():
+                if batch is None:
+                    await logger.replay_journal()
+                else:
+                    await logger.handle(batch)
     finally:
         with trio.CancelScope(shield=True):
             await connection.close()

@@ -183,7 +183,9 @@ def prepare_archive_sync(path: Path) -> None:
         raise DatabaseError(f"cannot open archive database {path}: {error}") from None
 
 
-async def open_database(path: Path, archive: Path | None = None) -> sqlite_anyio.Connection:
+async def open_database(
+    path: Path, archive: Path | None = None, *, busy_timeout_ms: int = 5000
+) -> sqlite_anyio.Connection:
     """Open the main database through sqlite-anyio, migrated, with WAL on.
 
     With ``archive``, the archive file is attached as schema ``archive``.
@@ -195,6 +197,7 @@ async def open_database(path: Path, archive: Path | None = None) -> sqlite_anyio
         connection = await sqlite_anyio.connect(str(path))
         for pragma in PRAGMAS:
             await connection.execute(pragma)
+        await connection.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         if archive is not None:
             await connection.execute("ATTACH DATABASE ? AS archive", (str(archive),))
             await connection.execute(TRADES_TABLE.format(schema="archive."))

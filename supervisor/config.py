@@ -89,8 +89,20 @@ class SupervisorConfig:
     # consecutive failure up to the maximum (seconds).
     restart_backoff: float = 0.1
     restart_backoff_max: float = 5.0
-    # Time the logger gets to commit what it accepted at shutdown (seconds).
+    # An actor that ran this long before failing restarts with the shortest backoff (seconds).
+    stable_after: float = 30.0
+    # Restart intensity: more than max_restarts restarts within period seconds,
+    # over all actors, stop the service with an error.
+    max_restarts: int = 10
+    period: float = 60.0
+    # "one_for_one" restarts only the failed actor; "rest_for_one" also the
+    # actors started after it.
+    strategy: str = "one_for_one"
+    # Time each actor gets at shutdown to empty its queue before it is cancelled (seconds).
     shutdown_grace: float = 10.0
+    # Time one unit of work (a batch write, an HTTP call) may take before the
+    # actor counts as hung and is restarted (seconds).
+    progress_deadline: float = 120.0
 
 
 @dataclass
@@ -99,6 +111,18 @@ class LoggerConfig:
     batch_max: int = 2000
     # Accepted messages that may wait for the logger before producers block.
     queue_size: int = 10_000
+    # Times a message may crash the logger before it is set aside as a dead letter.
+    max_attempts: int = 3
+    # Time SQLite waits for a lock held by another writer before failing (milliseconds).
+    busy_timeout_ms: int = 5000
+    # Fallback journal for accepted messages while the database cannot be
+    # written; empty means <data_dir>/journal.jsonl.
+    journal: str = ""
+    # Time between two attempts to move the journal into the database (seconds).
+    journal_retry: float = 1.0
+
+    def journal_path(self, database: Path) -> Path:
+        return Path(self.journal).expanduser() if self.journal else database.parent / "journal.jsonl"
 
 
 @dataclass
@@ -280,6 +304,16 @@ def _check(config: Config) -> None:
     ):
         if value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}")
+    if config.supervisor.strategy not in ("one_for_one", "rest_for_one"):
+        raise ConfigError(
+            f"supervisor.strategy must be one_for_one or rest_for_one, got {config.supervisor.strategy!r}"
+        )
+    if config.supervisor.period <= 0:
+        raise ConfigError(f"supervisor.period must be greater than 0, got {config.supervisor.period}")
+    if config.supervisor.progress_deadline <= 0:
+        raise ConfigError(
+            f"supervisor.progress_deadline must be greater than 0, got {config.supervisor.progress_deadline}"
+        )
     if config.archiver.interval <= 0:
         raise ConfigError(f"archiver.interval must be greater than 0, got {config.archiver.interval}")
 

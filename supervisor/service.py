@@ -33,12 +33,15 @@ from actors.trades import TradeRecord
 from supervisor.config import Config
 from supervisor.intake import Intake
 from supervisor.mailbox import Backlog, DropQueue, Mailbox
-from supervisor.supervisor import Supervisor
+from supervisor.supervisor import ChildSpec, Strategy, Supervisor
 
 log = logging.getLogger(__name__)
 
-# Interval at which shutdown checks whether the logger has drained (seconds).
+# Interval at which shutdown checks whether a queue has drained (seconds).
 _DRAIN_POLL = 0.01
+
+# Minimum time between two status documents on the feed (seconds).
+_STATUS_INTERVAL = 0.5
 
 
 def load_or_create_token(path: Path) -> str:
@@ -75,22 +78,42 @@ class Service:
         )
         self.hub = FeedHub(config.feed.client_queue)
         self.intake = Intake(self.logger_inbox)
-        self.supervisor = Supervisor(config.supervisor, on_restart=self._on_restart)
+        self.supervisor = Supervisor(
+            config.supervisor,
+            on_restart=self._on_restart,
+            strategy=Strategy(config.supervisor.strategy),
+        )
         self.port: int | None = None
         self.ingest_token = ""
         self._stop_requested = trio.Event()
+        # Sequence number of the last transaction passed on to metrics.
+        self._last_seq: int | None = None
         self.stopped = trio.Event()
 
     # -- wiring ---------------------------------------------------------------
 
     def _on_commit(self, committed: Committed) -> None:
-        if self.config.metrics.enabled and (committed.changes or committed.decisions):
+        if self._last_seq is not None and committed.seq != self._last_seq + 1:
+            # The logger crashed between a commit and this notification, so
+            # metrics missed a transaction: it rebuilds from the database.
+            log.warning(
+                "service: commits %d to %d never reached metrics; rebuilding its state",
+                self._last_seq + 1,
+                committed.seq - 1,
+            )
+            if "metrics" in self.supervisor.actors:
+                self.supervisor.restart("metrics")
+        self._last_seq = committed.seq
+        if self.config.metrics.enabled:
             self.metrics_inbox.put(committed)
         for record in committed.newly_resolved:
             if self.config.notifier.enabled and self.config.notifier.notify_resolved:
                 self.notifications.offer(Notification("resolved", format_resolved(record)))
             if self.config.reflection_active:
                 self.reflection_inbox.offer(record)
+
+    def _on_logger_event(self, text: str) -> None:
+        self._notify(Notification("alert", f"tradepulse: {text}"))
 
     def _on_restart(self, actor: str, error: str) -> None:
         if self.config.notifier.enabled and actor != "notifier":
@@ -107,7 +130,7 @@ class Service:
         """Actor states and queue depths, as published on the feed."""
         return {
             "type": "status",
-            "actors": [status.to_dict() for status in self.supervisor.actors.values()],
+            "actors": self.supervisor.status(),
             "queues": {
                 "logger": self.logger_inbox.depth,
                 "metrics": self.metrics_inbox.depth,
@@ -144,48 +167,86 @@ class Service:
         archive = config.service.archive_path
         await trio.to_thread.run_sync(self._prepare)
 
-        actors: list[tuple[str, Any]] = [
-            (
+        deadline = config.supervisor.progress_deadline
+        grace = config.supervisor.shutdown_grace
+        specs = [
+            ChildSpec(
                 "logger",
-                functools.partial(run_logger, config.logger, self.logger_inbox, database, archive, self._on_commit),
+                functools.partial(
+                    run_logger,
+                    config.logger,
+                    self.logger_inbox,
+                    database,
+                    archive,
+                    self._on_commit,
+                    self._on_logger_event,
+                ),
+                shutdown_grace=grace,
+                progress_deadline=deadline,
+                queue_depth=lambda: self.logger_inbox.depth,
             )
         ]
         if config.metrics.enabled:
-            actors.append(
-                (
+            specs.append(
+                ChildSpec(
                     "metrics",
                     functools.partial(
                         run_metrics, config.metrics, self.metrics_inbox, database, archive, self.hub.publish
                     ),
+                    shutdown_grace=grace,
+                    progress_deadline=deadline,
+                    queue_depth=lambda: self.metrics_inbox.depth,
                 )
             )
         if config.notifier.enabled:
-            actors.append(("notifier", functools.partial(run_notifier, config.notifier, self.notifications)))
+            specs.append(
+                ChildSpec(
+                    "notifier",
+                    functools.partial(run_notifier, config.notifier, self.notifications),
+                    # Notifications are best effort: a short grace keeps a dead
+                    # Telegram from delaying the shutdown.
+                    shutdown_grace=min(grace, 2.0),
+                    progress_deadline=deadline,
+                    queue_depth=lambda: self.notifications.depth,
+                )
+            )
         if config.reflection_active:
-            actors.append(
-                (
+            specs.append(
+                ChildSpec(
                     "reflection",
                     functools.partial(
                         run_reflection, config.reflection, self.reflection_inbox, database, self._notify
                     ),
+                    shutdown_grace=0.0,
+                    progress_deadline=deadline,
+                    queue_depth=lambda: self.reflection_inbox.depth,
                 )
             )
         elif config.reflection.enabled:
             log.info("reflection: off because no API key is set (TRADEPULSE_OPENAI_API_KEY)")
         if config.archiver.enabled:
-            actors.append(("archiver", functools.partial(run_archiver, config.archiver, database, archive)))
+            specs.append(
+                ChildSpec(
+                    "archiver",
+                    functools.partial(run_archiver, config.archiver, database, archive),
+                    shutdown_grace=0.0,
+                    progress_deadline=deadline,
+                )
+            )
 
         try:
             async with trio.open_nursery() as nursery:
-                for name, actor in actors:
-                    await self.supervisor.start(nursery, name, actor)
+                for spec in specs:
+                    await self.supervisor.start(nursery, spec)
                 if config.feed.enabled:
                     await self._start_feed(nursery)
+                nursery.start_soon(self._publish_status)
                 log.info("service: running with actors %s", ", ".join(self.supervisor.actors))
                 task_status.started()
 
                 await self._stop_requested.wait()
                 await self._shutdown()
+                nursery.cancel_scope.cancel()
         finally:
             self.stopped.set()
 
@@ -200,27 +261,51 @@ class Service:
                 port_holder.append(port)
                 task_status.started()
 
-        await self.supervisor.start(nursery, "feed", feed)
+        await self.supervisor.start(
+            nursery, ChildSpec("feed", feed, shutdown_grace=0.0)
+        )
         self.port = port_holder[0]
 
+    async def _publish_status(self) -> None:
+        """Publish actor states on the feed when they change, at most twice a second."""
+        while True:
+            self.hub.publish(self.status())
+            await self.supervisor.changed.wait()
+            await trio.sleep(_STATUS_INTERVAL)
+
     async def _shutdown(self) -> None:
-        log.info("service: shutting down; intake closed, waiting for the logger to commit")
+        """Close the intake, drain queues upstream first, stop in reverse start order."""
+        log.info("service: shutting down; intake closed, draining queues")
         self.intake.close()
-        grace = self.config.supervisor.shutdown_grace
-        with trio.move_on_after(grace) as scope:
-            while self.logger_inbox.depth:
-                await trio.sleep(_DRAIN_POLL)
-            # Let ingest connections send the replies for the last commit.
-            await trio.sleep(_DRAIN_POLL)
-        if scope.cancelled_caught:
+        names = list(self.supervisor.actors)
+
+        # Drain in start order, so that what the logger commits last still
+        # reaches metrics before metrics is asked to drain.
+        for name in names:
+            spec = self.supervisor.actors[name].spec
+            if spec.queue_depth is None or spec.shutdown_grace <= 0:
+                continue
+            with trio.move_on_after(spec.shutdown_grace) as grace:
+                while spec.queue_depth():
+                    await trio.sleep(_DRAIN_POLL)
+            if grace.cancelled_caught:
+                log.error(
+                    "service: actor %s did not empty its queue within %.1f s; %d left",
+                    name,
+                    spec.shutdown_grace,
+                    spec.queue_depth(),
+                )
+        if self.logger_inbox.depth:
             log.error(
-                "service: logger did not commit %d accepted messages within %.1f s; "
-                "the bot will see them unacknowledged",
+                "service: %d accepted messages were not committed; the bot saw them "
+                "unacknowledged and must send them again",
                 self.logger_inbox.depth,
-                grace,
             )
-        for name in reversed(list(self.supervisor.actors)):
-            self.supervisor.stop(name)
+        # Let ingest connections send the replies for the last commit.
+        await trio.sleep(_DRAIN_POLL)
+
+        for name in reversed(names):
+            await self.supervisor.stop_gracefully(name)
         log.info("service: stopped")
 
     def stop(self) -> None:

@@ -28,7 +28,9 @@ async def test_commit_before_acknowledgement(tmp_path: Path) -> None:
     inbox: Mailbox[Envelope] = Mailbox("logger", 100)
     commits: list[Committed] = []
     async with trio.open_nursery() as nursery:
-        await nursery.start(run_logger, LoggerConfig(), inbox, database, archive, commits.append)
+        await nursery.start(
+            run_logger, LoggerConfig(), inbox, database, archive, commits.append, print
+        )
         envelope = Envelope(opened("t1"))
         await inbox.put(envelope)
         await envelope.committed.wait()
