@@ -51,7 +51,9 @@ class FeedHub:
         self._lagging: set[int] = set()
         self._next_id = 0
         self.latest_metrics: dict[str, Any] | None = None
-        self._latest_text: str | None = None
+        self.latest_status: dict[str, Any] | None = None
+        # The latest encoded document of each type, sent to a client on connect.
+        self._latest_text: dict[str, str] = {}
 
     @property
     def client_count(self) -> int:
@@ -60,9 +62,12 @@ class FeedHub:
     def publish(self, document: dict[str, Any]) -> None:
         """Send ``document`` to every client; never waits."""
         text = dumps(document)
-        if document.get("type") == "metrics":
+        kind = str(document.get("type"))
+        self._latest_text[kind] = text
+        if kind == "metrics":
             self.latest_metrics = document
-            self._latest_text = text
+        elif kind == "status":
+            self.latest_status = document
         for client_id, channel in list(self._clients.items()):
             try:
                 channel.send_nowait(text)
@@ -77,8 +82,8 @@ class FeedHub:
         client_id = self._next_id
         self._next_id += 1
         send, receive = trio.open_memory_channel[str](self._client_queue)
-        if self._latest_text is not None:
-            send.send_nowait(self._latest_text)
+        for text in list(self._latest_text.values())[: self._client_queue]:
+            send.send_nowait(text)
         self._clients[client_id] = send
         log.info("feed: client %s connected (%d clients)", peer, len(self._clients))
         try:

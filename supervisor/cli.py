@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import signal
 import sys
@@ -14,12 +15,21 @@ import trio
 
 from actors.store import DatabaseError
 from importers import TradeLogError
+from supervisor.admin import (
+    AdminError,
+    fetch_status,
+    format_dead_letters,
+    format_status,
+    list_dead_letters,
+    retry_dead_letters,
+    service_running,
+)
 from supervisor.config import Config, ConfigError, load_config
 from supervisor.logs import setup_logging
 from supervisor.replay import ReplayError, replay
 from supervisor.report import print_report
 from supervisor.service import Service
-from supervisor.supervisor import ActorStartError
+from supervisor.supervisor import ActorStartError, RestartIntensityExceeded
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +119,34 @@ def command_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_status(args: argparse.Namespace) -> int:
+    config = _load(args)
+    document = trio.run(fetch_status, config)
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        print(format_status(document))
+    return 0
+
+
+def command_deadletters(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if args.retry is None and not args.retry_all:
+        print(format_dead_letters(list_dead_letters(config, include_retried=args.all)))
+        return 0
+    if trio.run(service_running, config):
+        raise CommandError(
+            "stop the service before retrying dead letters, so that its metrics "
+            "rebuild from the database when it starts again"
+        )
+    ids = None if args.retry_all else args.retry
+    stored, failures = trio.run(retry_dead_letters, config, ids)
+    print(f"stored {stored} dead letters again")
+    for failure in failures:
+        print(f"tradepulse: retry failed for {failure}", file=sys.stderr)
+    return 0 if not failures else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tradepulse", description="Performance tracker that runs beside a trading bot."
@@ -152,6 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="print the metrics computed from the database")
     report.add_argument("--json", action="store_true", help="print the metrics document as JSON")
     report.set_defaults(handler=command_report)
+    status = commands.add_parser("status", help="print the actor states of the running service")
+    status.add_argument("--json", action="store_true", help="print the status document as JSON")
+    status.set_defaults(handler=command_status)
+
+    letters = commands.add_parser(
+        "deadletters", help="list messages that failed repeatedly, or store them again"
+    )
+    letters.add_argument("--all", action="store_true", help="also list letters already retried")
+    letters.add_argument(
+        "--retry", type=int, nargs="+", metavar="ID", help="store these letters again (service stopped)"
+    )
+    letters.add_argument("--retry-all", action="store_true", help="store every unretried letter again")
+    letters.set_defaults(handler=command_deadletters)
     return parser
 
 
@@ -175,7 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(error, ConfigError | CommandError):
             print(f"tradepulse: error: {error}", file=sys.stderr)
             return 2
-        if isinstance(error, DatabaseError | TradeLogError | ReplayError):
+        if isinstance(error, RestartIntensityExceeded):
+            print(f"tradepulse: error: {error}", file=sys.stderr)
+            return 3
+        if isinstance(error, DatabaseError | TradeLogError | ReplayError | AdminError):
             print(f"tradepulse: error: {error}", file=sys.stderr)
             return 1
         if isinstance(error, ActorStartError):

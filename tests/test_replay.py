@@ -66,7 +66,9 @@ async def test_kalshi_replay_watched_on_feed(tmp_path: Path) -> None:
             summary = await replay(config, log, None, None, 1_500_000.0, False)
             with trio.fail_after(10):
                 while snapshots[-1]["resolved"] < 338:
-                    snapshots.append(json.loads(await feed.get_message()))
+                    document = json.loads(await feed.get_message())
+                    if document["type"] == "metrics":
+                        snapshots.append(document)
         service.stop()
 
     assert summary.accepted == 676

@@ -121,7 +121,7 @@ async def test_feed_sends_snapshot_then_updates(tmp_path: Path) -> None:
             with trio.fail_after(5):
                 while True:
                     update = json.loads(await feed.get_message())
-                    if update["resolved"] == 1:
+                    if update["type"] == "metrics" and update["resolved"] == 1:
                         break
     assert update["wins"] == 1
     assert update["realized_pnl"] == 0.37
