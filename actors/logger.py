@@ -54,7 +54,9 @@ class Envelope:
 
     message: Message
     committed: trio.Event = field(default_factory=trio.Event)
-    # Times the logger tried to store it, and the last error that made it fail.
+    # Failures of batches that contained it; after one, it is written alone.
+    batch_failures: int = 0
+    # Failures while it was written alone, and the last error of any failure.
     attempts: int = 0
     last_error: str | None = None
 
@@ -136,25 +138,26 @@ async def write_batch(
     committed = False
     try:
         current: dict[str, TradeRecord] = {}
+        # Trades found only in the archive stay there when they change, so
+        # that a trade never exists in both files.
+        archived: set[str] = set()
         if trade_ids:
-            select = TRADE_SELECT.format(table="trades") + " WHERE trade_id IN ({placeholders})"
+            select = TRADE_SELECT.format(table="main.trades") + " WHERE trade_id IN ({placeholders})"
             for row in await _select_in(connection, select, trade_ids):
                 record = row_to_record(row)
                 current[record.trade_id] = record
-            archived_query = "SELECT trade_id FROM archive.trades WHERE trade_id IN ({placeholders})"
-            archived = {str(row[0]) for row in await _select_in(connection, archived_query, trade_ids)}
-        else:
-            archived = set()
+            missing = [trade_id for trade_id in trade_ids if trade_id not in current]
+            if missing:
+                select = TRADE_SELECT.format(table="archive.trades") + " WHERE trade_id IN ({placeholders})"
+                for row in await _select_in(connection, select, missing):
+                    record = row_to_record(row)
+                    current[record.trade_id] = record
+                    archived.add(record.trade_id)
 
         original = dict(current)
         changed: dict[str, TradeRecord] = {}
         for message in messages:
             if isinstance(message, Decision):
-                continue
-            if message.trade_id in archived:
-                # An archived trade has ended long ago; a message for it is a
-                # late duplicate, and storing it would split the trade in two.
-                log.info("logger: ignored %s for archived trade %s", type(message).__name__, message.trade_id)
                 continue
             before = current.get(message.trade_id)
             after = apply_trade_message(before, message)
@@ -162,11 +165,15 @@ async def write_batch(
                 current[message.trade_id] = after
                 changed[message.trade_id] = after
 
-        if changed:
-            cursor = await connection.cursor()
-            await cursor.executemany(
-                TRADE_UPSERT.format(table="trades"), [record_to_row(r) for r in changed.values()]
-            )
+        for table, records in (
+            ("main.trades", [r for r in changed.values() if r.trade_id not in archived]),
+            ("archive.trades", [r for r in changed.values() if r.trade_id in archived]),
+        ):
+            if records:
+                cursor = await connection.cursor()
+                await cursor.executemany(
+                    TRADE_UPSERT.format(table=table), [record_to_row(r) for r in records]
+                )
         new_decisions: list[Decision] = []
         if decisions:
             existing_query = "SELECT decision_id FROM decisions WHERE decision_id IN ({placeholders})"
@@ -291,7 +298,7 @@ class _Logger:
             await self.to_journal(pending, None)
             return
 
-        if len(pending) > 1 and any(e.attempts for e in pending):
+        if any(e.batch_failures or e.attempts for e in pending):
             # This batch crashed the logger before. Write its messages one at a
             # time, so that only the message at fault is retried and, after
             # max_attempts, set aside as a dead letter.
@@ -308,10 +315,11 @@ class _Logger:
             if _is_storage_failure(error):
                 await self.to_journal(pending, error)
                 return
-            # Only failures of our own count against a message; a kill or a
-            # cancellation from outside is not its fault.
+            # The failure counts against no message yet, because any of the
+            # batch may be at fault; a kill or cancellation from outside never
+            # lands here.
             for envelope in pending:
-                envelope.attempts += 1
+                envelope.batch_failures += 1
                 envelope.last_error = describe_error(error)
             raise
         self.acknowledge(batch)

@@ -53,4 +53,5 @@ def check_poison(key: str) -> None:
     """Raise ``InjectedFault`` if the active plan marks ``key`` as poison."""
     plan = active_plan.get()
     if plan is not None and key in plan.poison:
+        plan.raised["poison"] += 1
         raise InjectedFault(f"poison message {key}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 
 from actors.archiver import archive_once
@@ -89,12 +90,13 @@ async def test_half_done_move_finishes(tmp_path: Path) -> None:
     assert count(database) == 1
 
 
-async def test_late_message_for_archived_trade_ignored(tmp_path: Path) -> None:
+async def test_late_message_updates_archive(tmp_path: Path) -> None:
     database, archive = tmp_path / "t.sqlite", tmp_path / "a.sqlite"
     await seed(database, archive, 2)
     connection = await open_database(database, archive)
     await archive_once(connection, 1.0, 10, BASE_TIME + timedelta(days=2))
-    committed = await write_batch(connection, [resolved("t0", "1")])
+    committed = await write_batch(connection, [resolved("t0", "2")])
     await connection.close()
-    assert committed.trades == []
+    assert [record.pnl for record in committed.trades] == [Decimal("2")]
     assert count(database, "SELECT COUNT(*) FROM trades WHERE trade_id = 't0'") == 0
+    assert count(archive, "SELECT COUNT(*) FROM trades WHERE trade_id = 't0' AND pnl = '2'") == 1
