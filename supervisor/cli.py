@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import random
 import logging
 import signal
 import sys
@@ -24,6 +25,7 @@ from supervisor.admin import (
     retry_dead_letters,
     service_running,
 )
+from supervisor.chaos import soak
 from supervisor.config import Config, ConfigError, load_config
 from supervisor.logs import setup_logging
 from supervisor.replay import ReplayError, replay
@@ -147,6 +149,18 @@ def command_deadletters(args: argparse.Namespace) -> int:
     return 0 if not failures else 1
 
 
+def command_chaos(args: argparse.Namespace) -> int:
+    _load(args)
+    if args.seconds <= 0:
+        raise CommandError(f"--seconds must be greater than 0, got {args.seconds}")
+    if args.producers < 1:
+        raise CommandError(f"--producers must be at least 1, got {args.producers}")
+    seed = args.seed if args.seed is not None else random.randrange(2**32)
+    tally = trio.run(soak, args.seconds, seed, args.producers)
+    print(tally.describe())
+    return 0 if tally.lost == 0 and tally.duplicated == 0 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tradepulse", description="Performance tracker that runs beside a trading bot."
@@ -203,6 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     letters.add_argument("--retry-all", action="store_true", help="store every unretried letter again")
     letters.set_defaults(handler=command_deadletters)
+
+    chaos = commands.add_parser(
+        "chaos",
+        help="soak test: run a service on a temporary folder, kill its actors while "
+        "producers send trades, and print what was lost or duplicated",
+    )
+    chaos.add_argument("--seconds", type=float, default=30.0, help="duration in seconds (default: 30)")
+    chaos.add_argument("--seed", type=int, help="seed of the kill schedule (default: random, printed)")
+    chaos.add_argument("--producers", type=int, default=3, help="concurrent producers (default: 3)")
+    chaos.set_defaults(handler=command_chaos)
     return parser
 
 

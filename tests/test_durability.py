@@ -17,6 +17,7 @@ from trio_websocket import ConnectionClosed, open_websocket
 
 from actors.messages import message_to_dict
 from helpers import opened
+from supervisor.chaos import soak
 
 CLI = [sys.executable, "-m", "supervisor.cli", "--log-level", "WARNING", "run"]
 
@@ -99,3 +100,15 @@ def test_sigkill_keeps_acknowledged(tmp_path: Path) -> None:
         connection.close()
     assert acknowledged - stored == set()
     assert stored <= {f"k{b}-{i}" for b in range(1000) for i in range(20)}
+
+
+async def test_chaos_soak_tally() -> None:
+    tally = await soak(1.0, seed=3, producers=2)
+    assert tally.acknowledged > 0
+    assert tally.lost == 0
+    assert tally.duplicated == 0
+    assert tally.stored >= tally.acknowledged
+    assert sum(tally.kills.values()) > 0
+    for name, kills in tally.kills.items():
+        assert tally.restarts[name] == kills, name
+    assert "PASS" in tally.describe()
