@@ -41,6 +41,10 @@ INGEST_PIPELINE = 1024
 # Time allowed for a close handshake with a client that is not reading (seconds).
 CLOSE_TIMEOUT = 2.0
 
+# Messages one ingest request may hold, and rejections listed in its reply.
+MAX_ARRAY = 10_000
+MAX_REJECTIONS_LISTED = 100
+
 
 class FeedHub:
     """Holds the latest documents and fans them out to feed clients."""
@@ -116,26 +120,47 @@ async def _ingest(connection: WebSocketConnection, intake: Intake, peer: str) ->
     replies_send, replies_receive = trio.open_memory_channel[
         tuple[list[Envelope], Callable[[], dict[str, Any]]]
     ](INGEST_PIPELINE)
+    owed = 0
 
     async def send_replies() -> None:
+        nonlocal owed
         async with replies_receive:
             async for envelopes, reply in replies_receive:
                 for envelope in envelopes:
                     await envelope.committed.wait()
                 await connection.send_message(dumps(reply()))
+                owed -= 1
+                intake.pending_replies -= 1
 
     async def read_requests() -> None:
+        nonlocal owed
         async with replies_send:
             while True:
                 text = await connection.get_message()
-                await replies_send.send(await _handle_request(text, intake))
+                request = await _handle_request(text, intake)
+                owed += 1
+                intake.pending_replies += 1
+                await replies_send.send(request)
+
+    async def close_at_shutdown() -> None:
+        # Once the intake closes, send the replies still owed, then close with
+        # 1001 so that the bot knows every earlier reply has arrived.
+        await intake.closed.wait()
+        while owed:
+            await trio.sleep(0.01)
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            await connection.aclose(code=1001, reason="tradepulse is shutting down")
+        nursery.cancel_scope.cancel()
 
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(send_replies)
             nursery.start_soon(read_requests)
+            nursery.start_soon(close_at_shutdown)
     except* ConnectionClosed:
         log.info("ingest: client %s disconnected", peer)
+    finally:
+        intake.pending_replies -= owed
 
 
 async def _handle_request(
@@ -148,6 +173,12 @@ async def _handle_request(
         return [], lambda: reply
 
     if isinstance(data, list):
+        if len(data) > MAX_ARRAY:
+            reply = {
+                "status": "rejected",
+                "error": f"a request holds {len(data)} messages; send at most {MAX_ARRAY} per request",
+            }
+            return [], lambda: reply
         return await _handle_array(data, intake)
 
     ref = data.get("ref") if isinstance(data, dict) else None
@@ -169,20 +200,31 @@ async def _handle_array(
 ) -> tuple[list[Envelope], Callable[[], dict[str, Any]]]:
     envelopes: list[Envelope] = []
     rejected: list[dict[str, Any]] = []
+    rejected_count = 0
     for index, item in enumerate(items):
         try:
             envelopes.append(await intake.submit(intake.validate(item)))
         except InvalidMessage as error:
-            rejected.append({"index": index, **error.to_dict()})
+            if len(rejected) < MAX_REJECTIONS_LISTED:
+                rejected.append({"index": index, **error.to_dict()})
+            rejected_count += 1
         except IntakeClosed as error:
-            rejected.append({"index": index, "error": str(error)})
+            if len(rejected) < MAX_REJECTIONS_LISTED:
+                rejected.append({"index": index, "error": str(error)})
+            rejected_count += 1
     if not rejected:
         status = "accepted"
     elif envelopes:
         status = "partial"
     else:
         status = "rejected"
-    reply = {"status": status, "accepted": len(envelopes), "rejected": rejected}
+    reply = {
+        "status": status,
+        "accepted": len(envelopes),
+        "rejected_count": rejected_count,
+        # The first rejections only, so that a reply stays small.
+        "rejected": rejected,
+    }
     return envelopes, lambda: reply
 
 
@@ -207,6 +249,9 @@ async def run_feed_server(
             if token is None or not hmac.compare_digest(token.encode(), ingest_token.encode()):
                 log.warning("ingest: rejected client %s: missing or wrong bearer token", peer)
                 await request.reject(401, body=b"missing or wrong bearer token\n")
+                return
+            if not intake.accepting:
+                await request.reject(503, body=b"tradepulse is shutting down\n")
                 return
             connection = await request.accept()
             log.info("ingest: client %s connected", peer)

@@ -223,7 +223,7 @@ async def _write_dead_letter(
             "logger",
             dumps(message_to_dict(envelope.message)),
             error,
-            envelope.attempts,
+            envelope.attempts + min(envelope.batch_failures, 1),
         ),
     )
     await connection.commit()
@@ -327,13 +327,16 @@ class _Logger:
     async def handle_one(self, envelope: Envelope) -> None:
         if envelope.committed.is_set():
             return
-        if envelope.attempts >= self.config.max_attempts:
+        # A batch failure counts once: the message may have caused it. At least
+        # one failure while written alone proves it is at fault.
+        failures = envelope.attempts + min(envelope.batch_failures, 1)
+        if envelope.attempts and failures >= self.config.max_attempts:
             error = envelope.last_error or "unknown error"
             await _write_dead_letter(self.connection, envelope, error)
             log.error(
                 "logger: message %s failed %d times; moved to dead letters: %s",
                 envelope.message.key,
-                envelope.attempts,
+                failures,
                 error,
             )
             self.on_alert(f"message {envelope.message.key} moved to dead letters: {error}")

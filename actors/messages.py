@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,17 +51,24 @@ class InvalidMessage(ValueError):
         self.field = field
         self.value = value
         self.reason = reason
-        shown = repr(value)
+        shown = str(value) if isinstance(value, Decimal) else repr(value)
         if len(shown) > 80:
             shown = shown[:77] + "..."
         super().__init__(f"invalid field {field!r}: {shown} ({reason})")
 
     def to_dict(self) -> dict[str, Any]:
+        """Describe the error as JSON, with the value as sent, cut to 200 characters."""
         value = self.value
-        if not isinstance(value, str | int | float | bool | type(None)):
-            value = repr(value)
+        if isinstance(value, Decimal):
+            value = str(value)
         elif isinstance(value, float) and not math.isfinite(value):
             value = repr(value)
+        elif not isinstance(value, str | int | float | bool | type(None)):
+            value = repr(value)
+        if isinstance(value, str) and len(value) > 200:
+            value = value[:197] + "..."
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**15:
+            value = str(value)[:40]
         return {"error": str(self), "field": self.field, "value": value, "reason": self.reason}
 
 
@@ -170,13 +178,33 @@ def _text(data: Mapping[str, Any], name: str, *, required: bool = True) -> str |
         return None
     if len(value) > MAX_TEXT_LENGTH:
         raise InvalidMessage(name, value, f"longer than {MAX_TEXT_LENGTH} characters")
+    _check_characters(name, value)
     return value
+
+
+# C0 and C1 control characters, DEL included. A newline in a market name would
+# forge a log line, and terminal escapes would reach an operator's screen.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _check_characters(name: str, value: str) -> None:
+    if _CONTROL.search(value):
+        raise InvalidMessage(name, value, "contains a control character such as a newline")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (JSON "\ud800") cannot be stored as UTF-8 text.
+        raise InvalidMessage(name, value, "contains a character that is not valid Unicode") from None
 
 
 def _required_text(data: Mapping[str, Any], name: str) -> str:
     value = _text(data, name)
     assert value is not None
     return value
+
+
+# A plain decimal number as text; Decimal() alone would also take "1_0" and "NaN".
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 
 def _decimal(
@@ -205,6 +233,8 @@ def _decimal(
         # str() gives the shortest decimal that round-trips, so 0.1 stays 0.1.
         value = Decimal(str(raw))
     elif isinstance(raw, str):
+        if not _NUMBER.fullmatch(raw.strip()):
+            raise InvalidMessage(name, raw, "must be a number such as 12.5 or 1.25e-3")
         try:
             value = Decimal(raw.strip())
         except InvalidOperation:
@@ -216,6 +246,8 @@ def _decimal(
         raise InvalidMessage(name, raw, "must be a finite number")
     if abs(value) > MAX_MAGNITUDE:
         raise InvalidMessage(name, raw, f"magnitude above {MAX_MAGNITUDE:.0E}")
+    if value and abs(value) < MIN_POSITIVE:
+        raise InvalidMessage(name, raw, f"nonzero magnitude below {MIN_POSITIVE:.0E}")
     if positive and value <= 0:
         raise InvalidMessage(name, raw, "must be greater than 0")
     if positive and value < MIN_POSITIVE:
@@ -228,19 +260,29 @@ def _decimal(
     return value + 0 if value.is_zero() else value
 
 
+def _from_epoch(name: str, raw: int | float | Decimal) -> datetime:
+    try:
+        seconds = float(raw)
+    except (OverflowError, ValueError):
+        raise InvalidMessage(name, raw, "epoch seconds out of range") from None
+    if not math.isfinite(seconds):
+        raise InvalidMessage(name, raw, "must be a finite number of seconds")
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise InvalidMessage(name, raw, "epoch seconds out of range") from None
+
+
 def _time(data: Mapping[str, Any], name: str) -> datetime:
     raw = data.get(name)
     if raw is None:
         raise InvalidMessage(name, raw, "required field is missing")
     if isinstance(raw, datetime):
         value = raw
-    elif isinstance(raw, int | float) and not isinstance(raw, bool):
-        if not math.isfinite(raw):
-            raise InvalidMessage(name, raw, "must be a finite number of seconds")
-        try:
-            value = datetime.fromtimestamp(raw, UTC)
-        except (OverflowError, OSError, ValueError):
-            raise InvalidMessage(name, raw, "epoch seconds out of range") from None
+    elif isinstance(raw, int | float | Decimal) and not isinstance(raw, bool):
+        value = _from_epoch(name, raw)
+    elif isinstance(raw, str) and _NUMBER.fullmatch(raw.strip()):
+        value = _from_epoch(name, Decimal(raw.strip()))
     elif isinstance(raw, str):
         try:
             value = datetime.fromisoformat(raw.strip())
@@ -285,6 +327,7 @@ def _tags(data: Mapping[str, Any]) -> tuple[str, ...]:
             raise InvalidMessage(f"tags[{index}]", tag, "must be a non-empty string")
         if len(tag) > MAX_TEXT_LENGTH:
             raise InvalidMessage(f"tags[{index}]", tag, f"longer than {MAX_TEXT_LENGTH} characters")
+        _check_characters(f"tags[{index}]", tag)
         tags.append(tag.strip())
     return tuple(dict.fromkeys(tags))
 
@@ -302,6 +345,10 @@ def _params(data: Mapping[str, Any]) -> dict[str, Any]:
         raise InvalidMessage("params", raw, f"not JSON-serializable: {error}") from None
     if len(encoded) > 20_000:
         raise InvalidMessage("params", "<object>", "larger than 20000 characters as JSON")
+    try:
+        encoded.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidMessage("params", "<object>", "contains a character that is not valid Unicode") from None
     decoded: dict[str, Any] = json.loads(encoded)
     return decoded
 
@@ -334,8 +381,22 @@ def _parse_decision(data: Mapping[str, Any]) -> Decision:
         # A bot that sends no id still gets idempotent storage: the same
         # decision sent twice hashes to the same id.
         canonical = json.dumps(
-            [decided_at.isoformat(), strategy, market, action, venue, side, trade_id],
+            [
+                decided_at.isoformat(),
+                strategy,
+                market,
+                action,
+                venue,
+                side,
+                trade_id,
+                None if confidence is None else str(confidence),
+                None if probability is None else str(probability),
+                signal_type,
+                list(tags),
+                params,
+            ],
             separators=(",", ":"),
+            sort_keys=True,
         )
         decision_id = "d-" + hashlib.sha256(canonical.encode()).hexdigest()[:24]
 
@@ -394,6 +455,10 @@ def _parse_resolved(data: Mapping[str, Any]) -> TradeResolved:
     outcome = _choice(data, "outcome", OUTCOMES, required=False)
     assert outcome is None or outcome in OUTCOMES
     fees = _decimal(data, "fees", required=False, minimum=Decimal(0))
+    if (outcome == "win" and pnl < 0) or (outcome == "loss" and pnl > 0):
+        raise InvalidMessage(
+            "outcome", data.get("outcome"), f"contradicts pnl {pnl}; omit outcome to derive it"
+        )
     return TradeResolved(
         trade_id=_required_text(data, "trade_id"),
         resolved_at=_time(data, "resolved_at"),

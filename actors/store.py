@@ -7,9 +7,12 @@ archive file holds trades that the archiver moved out. Both have the same
 
 from __future__ import annotations
 
+import heapq
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sqlite_anyio
 import trio
@@ -133,7 +136,7 @@ def _check_path(path: Path) -> None:
             ) from None
 
 
-def migrate_sync(connection: sqlite3.Connection, path: Path) -> None:
+def migrate_sync(connection: sqlite3.Connection, path: Path, *, check_writable: bool = True) -> None:
     """Bring the schema of an open stdlib connection to ``SCHEMA_VERSION``."""
     try:
         connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
@@ -150,13 +153,21 @@ def migrate_sync(connection: sqlite3.Connection, path: Path) -> None:
             for statement in MIGRATIONS[target]:
                 connection.execute(statement)
             connection.execute("INSERT INTO schema_version (version) VALUES (?)", (target,))
+        if check_writable:
+            # A write that changes nothing: a read-only file or folder fails
+            # here, at start, and not on the first trade.
+            connection.execute("UPDATE commit_sequence SET seq = seq")
         connection.commit()
     except sqlite3.DatabaseError as error:
-        raise DatabaseError(f"cannot open database {path}: {error}") from None
+        raise DatabaseError(f"cannot open database {path} for writing: {error}") from None
 
 
-def open_sync(path: Path) -> sqlite3.Connection:
-    """Open ``path`` with the stdlib driver, migrated, for commands and tests."""
+def open_sync(path: Path, *, check_writable: bool = True) -> sqlite3.Connection:
+    """Open ``path`` with the stdlib driver, migrated, for commands and tests.
+
+    Readers pass ``check_writable=False`` so that a report works on a
+    database they may only read.
+    """
     _check_path(path)
     try:
         connection = sqlite3.connect(path)
@@ -164,7 +175,7 @@ def open_sync(path: Path) -> sqlite3.Connection:
             connection.execute(pragma)
     except sqlite3.DatabaseError as error:
         raise DatabaseError(f"cannot open database {path}: {error}") from None
-    migrate_sync(connection, path)
+    migrate_sync(connection, path, check_writable=check_writable)
     return connection
 
 
@@ -225,7 +236,7 @@ def load_stored_state_sync(path: Path, archive: Path | None) -> StoredState:
     main database, so this order sees every trade at least once, and a trade
     seen in both places is counted once.
     """
-    connection = open_sync(path)
+    connection = open_sync(path, check_writable=False)
     try:
         if archive is not None and archive.exists():
             connection.execute("ATTACH DATABASE ? AS archive", (str(archive),))
@@ -249,3 +260,99 @@ def load_stored_state_sync(path: Path, archive: Path | None) -> StoredState:
     finally:
         connection.close()
     return StoredState(int(seq), list(records.values()), counts)
+
+
+# ---------------------------------------------------------------------------
+# A lean reader for rebuilding the metrics over all history.
+
+
+def _epoch_us(column: str) -> str:
+    # Times are stored as fixed-width "YYYY-MM-DDTHH:MM:SS.ffffffZ" text, so
+    # whole seconds plus the six fraction digits give exact microseconds.
+    return (
+        f"CASE WHEN {column} IS NULL THEN NULL ELSE "
+        f"CAST(strftime('%s', {column}) AS INTEGER) * 1000000 "
+        f"+ CAST(substr({column}, 21, 6) AS INTEGER) END"
+    )
+
+
+# The columns of ``LEAN_TRADE_COLUMNS``, in order, for the reader's callers.
+LEAN_TRADE_COLUMNS = (
+    "trade_id", "status", "strategy", "venue", "market", "side", "market_kind",
+    "signal_type", "tags", "size", "entry_price", "fees", "exit_fees", "pnl", "outcome",
+    "probability", "exit_price", "opened_us", "resolved_us",
+)
+_LEAN_SELECT = (
+    "SELECT trade_id, status, strategy, venue, market, side, market_kind, signal_type, tags, "
+    "size, entry_price, fees, exit_fees, pnl, outcome, probability, exit_price, "
+    f"{_epoch_us('opened_at')}, {_epoch_us('resolved_at')} FROM {{table}}"
+)
+
+
+@dataclass
+class LeanScan:
+    """What ``scan_stored_trades_sync`` read besides the trades it passed on."""
+
+    seq: int
+    decision_counts: dict[str, int]
+
+
+def scan_stored_trades_sync(
+    path: Path,
+    archive: Path | None,
+    on_trade: Callable[[tuple[Any, ...]], None],
+    on_hold: Callable[[tuple[Any, ...]], None],
+) -> LeanScan:
+    """Pass every stored trade and HOLD decision to the callbacks, without building records.
+
+    Each trade reaches ``on_trade`` once as a row of ``LEAN_TRADE_COLUMNS``,
+    Decimals still as text and times as integer epoch microseconds. Resolved
+    trades come first, in resolution time order, then the others. Each HOLD
+    decision reaches ``on_hold`` as (market, side, params price, params size).
+    Everything is read in one read transaction with the commit sequence
+    number, the main database before the archive, and a trade present in both
+    files (a move cut short) is passed once.
+    """
+    connection = open_sync(path, check_writable=False)
+    try:
+        if archive is not None and archive.exists():
+            connection.execute("ATTACH DATABASE ? AS archive", (str(archive),))
+            has_archive = True
+        else:
+            has_archive = False
+        connection.execute("BEGIN")
+        seq = connection.execute("SELECT seq FROM commit_sequence").fetchone()[0]
+        counts = dict(connection.execute("SELECT action, COUNT(*) FROM decisions GROUP BY action"))
+
+        main_select = _LEAN_SELECT.format(table="main.trades")
+        resolved = " WHERE status = 'resolved' ORDER BY resolved_at"
+        others = " WHERE status != 'resolved'"
+        streams = [connection.execute(main_select + resolved)]
+        if has_archive:
+            archived = _LEAN_SELECT.format(table="archive.trades") + (
+                " WHERE trade_id NOT IN (SELECT trade_id FROM main.trades)"
+            )
+            streams.append(
+                connection.execute(archived + " AND status = 'resolved' ORDER BY resolved_at")
+            )
+        resolved_index = LEAN_TRADE_COLUMNS.index("resolved_us")
+        for row in heapq.merge(*streams, key=lambda row: row[resolved_index]):
+            on_trade(row)
+        for row in connection.execute(main_select + others):
+            on_trade(row)
+        if has_archive:
+            for row in connection.execute(archived + " AND status != 'resolved'"):
+                on_trade(row)
+
+        holds = connection.execute(
+            "SELECT market, side, json_extract(params, '$.price'), json_extract(params, '$.size') "
+            "FROM decisions WHERE action = 'hold'"
+        )
+        for row in holds:
+            on_hold(row)
+        connection.execute("COMMIT")
+    except sqlite3.DatabaseError as error:
+        raise DatabaseError(f"cannot read trades from {path}: {error}") from None
+    finally:
+        connection.close()
+    return LeanScan(int(seq), counts)

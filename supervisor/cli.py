@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import math
 import random
 import logging
 import signal
@@ -97,8 +98,13 @@ def command_run(args: argparse.Namespace) -> int:
 
 def command_replay(args: argparse.Namespace) -> int:
     config = _load(args)
-    if args.speed is not None and args.speed <= 0:
-        raise CommandError(f"--speed must be greater than 0, got {args.speed}")
+    if args.speed is not None and not (0 < args.speed < math.inf):
+        raise CommandError(f"--speed must be a finite number greater than 0, got {args.speed}")
+    if args.strategy is not None and not args.strategy.strip():
+        raise CommandError("--strategy must not be blank")
+    # A replayed log is history: one notification per old trade would flood
+    # the chat and the log. This applies to a service started by the replay.
+    config.notifier.notify_resolved = False
     summary = trio.run(
         replay,
         config,
@@ -243,24 +249,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tradepulse: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (report | head); that is not an error.
+        sys.stderr.close()
+        return 0
+    except BaseExceptionGroup as raised:
+        if raised.subgroup(KeyboardInterrupt) is not None:
+            print("tradepulse: interrupted", file=sys.stderr)
+            return 130
+        return _report_error(args, raised)
     except Exception as raised:
-        # trio wraps errors from nurseries in exception groups; a single known
-        # error inside one is still a one-line message for the user.
-        error = _unwrap(raised)
-        if isinstance(error, ConfigError | CommandError):
-            print(f"tradepulse: error: {error}", file=sys.stderr)
-            return 2
-        if isinstance(error, RestartIntensityExceeded):
-            print(f"tradepulse: error: {error}", file=sys.stderr)
-            return 3
-        if isinstance(error, DatabaseError | TradeLogError | ReplayError | AdminError):
-            print(f"tradepulse: error: {error}", file=sys.stderr)
-            return 1
-        if isinstance(error, ActorStartError):
-            print(f"tradepulse: error: {explain_start_error(error, args.loaded_config)}", file=sys.stderr)
-            return 1
-        raise
+        return _report_error(args, raised)
 
+
+def _report_error(args: argparse.Namespace, raised: BaseException) -> int:
+    """Print a known error as one line and return the exit code; re-raise others."""
+    # trio wraps errors from nurseries in exception groups; a single known
+    # error inside one is still a one-line message for the user.
+    error = _unwrap(raised)
+    if isinstance(error, ConfigError | CommandError):
+        print(f"tradepulse: error: {error}", file=sys.stderr)
+        return 2
+    if isinstance(error, RestartIntensityExceeded):
+        print(f"tradepulse: error: {error}", file=sys.stderr)
+        return 3
+    if isinstance(error, DatabaseError | TradeLogError | ReplayError | AdminError):
+        print(f"tradepulse: error: {error}", file=sys.stderr)
+        return 1
+    if isinstance(error, ActorStartError):
+        print(f"tradepulse: error: {explain_start_error(error, args.loaded_config)}", file=sys.stderr)
+        return 1
+    raise raised
 
 if __name__ == "__main__":
     sys.exit(main())

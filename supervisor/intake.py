@@ -13,6 +13,8 @@ from typing import Any
 
 from actors.logger import Envelope
 from actors.messages import InvalidMessage, Message, parse_message
+import trio
+
 from supervisor.mailbox import Mailbox
 
 log = logging.getLogger(__name__)
@@ -27,8 +29,15 @@ def _reject_constant(name: str) -> Any:
 
 
 def decode_json(text: str | bytes) -> Any:
-    """Decode JSON with exact decimals; NaN and Infinity are rejected."""
-    return json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
+    """Decode JSON with exact decimals; raises ``ValueError`` for invalid input.
+
+    NaN and Infinity are rejected, and so is nesting deep enough to exhaust
+    the parser's recursion.
+    """
+    try:
+        return json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("nesting too deep") from None
 
 
 class Intake:
@@ -39,6 +48,10 @@ class Intake:
         self.accepting = True
         self.accepted = 0
         self.rejected = 0
+        # Set when the intake closes; ingest connections then say goodbye.
+        self.closed = trio.Event()
+        # Replies that ingest connections still owe their clients.
+        self.pending_replies = 0
 
     def validate(self, data: Any) -> Message:
         """Parse one decoded JSON message; raises ``InvalidMessage``."""
@@ -66,3 +79,4 @@ class Intake:
         if self.accepting:
             log.info("intake: closed after %d accepted messages", self.accepted)
         self.accepting = False
+        self.closed.set()

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import trio
 import trio_websocket
@@ -160,8 +161,8 @@ async def _replay_remote(
             size = sizes[index]
             if "accepted" in reply and isinstance(reply["accepted"], int):
                 summary.accepted += reply["accepted"]
+                summary.rejected += int(reply.get("rejected_count", len(reply.get("rejected", []))))
                 for rejection in reply.get("rejected", []):
-                    summary.rejected += 1
                     summary.errors.append(str(rejection.get("error")))
             elif reply.get("status") == "accepted":
                 summary.accepted += 1
@@ -212,6 +213,13 @@ async def _replay_in_process(
         service.stop()
 
 
+def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
 async def _service_listening(config: Config) -> bool:
     """Return True if something accepts TCP connections on the feed port."""
     try:
@@ -253,7 +261,9 @@ async def replay(
             ) as connection:
                 if messages:
                     await _replay_remote(connection, messages, speed, summary, progress)
-        except trio_websocket.ConnectionRejected as error:
+        except* trio_websocket.ConnectionRejected as group:
+            error = _first_leaf(group)
+            assert isinstance(error, trio_websocket.ConnectionRejected)
             if error.status_code == 401:
                 raise ReplayError(
                     f"the service at {target} rejected the ingest token; set "
@@ -262,11 +272,14 @@ async def replay(
             raise ReplayError(
                 f"{target} answered with HTTP {error.status_code}; is another program on that port?"
             ) from None
-        except trio_websocket.HandshakeError as error:
+        except* trio_websocket.HandshakeError as group:
+            error = _first_leaf(group)
             raise ReplayError(
                 f"{target} is not a tradepulse service ({error}); set feed.port to a free port"
             ) from None
-        except trio_websocket.ConnectionClosed as error:
+        except* trio_websocket.ConnectionClosed as group:
+            error = _first_leaf(group)
+            assert isinstance(error, trio_websocket.ConnectionClosed)
             raise ReplayError(
                 f"the service at {target} closed the connection after {summary.accepted} "
                 f"accepted messages ({error.reason}); replaying again is safe, because "

@@ -55,11 +55,16 @@ def load_or_create_token(path: Path) -> str:
             return token
     except FileNotFoundError:
         pass
+    except OSError as error:
+        raise DatabaseError(f"cannot read the ingest token file {path}: {error.strerror}") from None
     token = secrets.token_urlsafe(32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(token + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(token + "\n")
+    except OSError as error:
+        raise DatabaseError(f"cannot write the ingest token file {path}: {error.strerror}") from None
     return token
 
 
@@ -150,7 +155,8 @@ class Service:
         """Create the data folder and migrate both databases, or raise ``DatabaseError``."""
         service = self.config.service
         try:
-            service.data_dir.mkdir(parents=True, exist_ok=True)
+            # Trades and the token are private to the user running the service.
+            service.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as error:
             raise DatabaseError(
                 f"cannot create data folder {service.data_dir}: {error.strerror}"
@@ -301,8 +307,10 @@ class Service:
                 "unacknowledged and must send them again",
                 self.logger_inbox.depth,
             )
-        # Let ingest connections send the replies for the last commit.
-        await trio.sleep(_DRAIN_POLL)
+        # Let ingest connections send the replies for the last commits.
+        with trio.move_on_after(self.config.supervisor.shutdown_grace):
+            while self.intake.pending_replies > 0:
+                await trio.sleep(_DRAIN_POLL)
 
         for name in reversed(names):
             await self.supervisor.stop_gracefully(name)

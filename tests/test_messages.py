@@ -106,3 +106,51 @@ def test_decision_params_reject_nan() -> None:
     with pytest.raises(InvalidMessage) as caught:
         decision("trade", params={"x": float("nan")})
     assert caught.value.field == "params"
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "fragment"),
+    [
+        ({"trade_id": "sur-\ud800"}, "trade_id", "not valid Unicode"),
+        ({"market": "BTC\nERROR forged line"}, "market", "control character"),
+        ({"strategy": "\x1b[31mred"}, "strategy", "control character"),
+        ({"tags": ["ok", "bad\ud800"]}, "tags[1]", "not valid Unicode"),
+        ({"size": "1_0"}, "size", "number such as"),
+        ({"size": "NaN"}, "size", "number such as"),
+        ({"fees": "1e-999999"}, "fees", "below"),
+    ],
+)
+def test_unstorable_text_and_numbers_rejected(changes: dict[str, Any], field: str, fragment: str) -> None:
+    with pytest.raises(InvalidMessage) as caught:
+        parse_message(base_open(**changes))
+    assert caught.value.field == field
+    assert fragment in str(caught.value)
+
+
+def test_fractional_epoch_accepted() -> None:
+    for value in (Decimal("1785170216.5"), 1785170216.5, "1785170216.5"):
+        message = parse_message(base_open(opened_at=value))
+        assert message.opened_at.microsecond == 500_000
+
+
+def test_outcome_must_match_pnl() -> None:
+    with pytest.raises(InvalidMessage) as caught:
+        resolved("t1", "-9.63", outcome="win")
+    assert caught.value.field == "outcome"
+    assert "-9.63" in str(caught.value)
+
+
+def test_decision_ids_differ_by_content() -> None:
+    low = decision("hold", confidence="0.2")
+    high = decision("hold", confidence="0.9")
+    assert low.key != high.key
+
+
+def test_error_value_echo_is_bounded() -> None:
+    with pytest.raises(InvalidMessage) as caught:
+        parse_message(base_open(venue="x" * 900))
+    echoed = caught.value.to_dict()["value"]
+    assert len(echoed) == 200
+    with pytest.raises(InvalidMessage) as decimal_error:
+        parse_message(base_open(size=Decimal("1E+400")))
+    assert decimal_error.value.to_dict()["value"] == "1E+400"

@@ -61,14 +61,20 @@ async def test_kalshi_replay_watched_on_feed(tmp_path: Path) -> None:
         config.feed.port = service.port
         config.service.ingest_token.__init__(service.ingest_token)  # type: ignore[misc]
         async with open_websocket("127.0.0.1", service.port, "/feed", use_ssl=False) as feed:
-            snapshots.append(json.loads(await feed.get_message()))
-            # A paced replay spreads the two weeks of the log over about a second.
-            summary = await replay(config, log, None, None, 1_500_000.0, False)
-            with trio.fail_after(10):
-                while snapshots[-1]["resolved"] < 338:
+
+            async def watch() -> None:
+                while not snapshots or snapshots[-1]["resolved"] < 338:
                     document = json.loads(await feed.get_message())
                     if document["type"] == "metrics":
                         snapshots.append(document)
+
+            async with trio.open_nursery() as watchers:
+                watchers.start_soon(watch)
+                # A paced replay spreads the two weeks of the log over about a second.
+                summary = await replay(config, log, None, None, 1_500_000.0, False)
+                with trio.fail_after(10):
+                    while not snapshots or snapshots[-1]["resolved"] < 338:
+                        await trio.sleep(0.01)
         service.stop()
 
     assert summary.accepted == 676

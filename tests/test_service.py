@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import trio
-from trio_websocket import ConnectionRejected, open_websocket
+from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket
 
 from actors.messages import message_to_dict
 from helpers import opened, resolved
@@ -143,14 +143,26 @@ async def test_shutdown_keeps_accepted_trades(tmp_path: Path) -> None:
 async def test_intake_closed_after_stop(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     async with running(config) as service:
-        service.intake.close()
+        headers = auth(service)
         async with open_websocket(
-            "127.0.0.1", service.port, "/ingest", use_ssl=False, extra_headers=auth(service)
+            "127.0.0.1", service.port, "/ingest", use_ssl=False, extra_headers=headers
         ) as ws:
-            await ws.send_message(json.dumps(message_to_dict(opened("late"))))
+            await ws.send_message(json.dumps(message_to_dict(opened("early"))))
+            while service.intake.accepted < 1:
+                await trio.sleep(0.001)
+            service.intake.close()
             reply = json.loads(await ws.get_message())
-    assert reply["status"] == "rejected"
-    assert "shutting down" in reply["error"]
+            # Every reply owed is sent, then the service says goodbye.
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.get_message()
+        with pytest.raises(ConnectionRejected) as rejected:
+            async with open_websocket(
+                "127.0.0.1", service.port, "/ingest", use_ssl=False, extra_headers=headers
+            ):
+                pass
+    assert reply["status"] == "accepted"
+    assert closed.value.reason.code == 1001
+    assert rejected.value.status_code == 503
 
 
 async def test_crashed_metrics_restarted_exact(tmp_path: Path) -> None:
@@ -189,3 +201,41 @@ async def test_unknown_path_rejected(tmp_path: Path) -> None:
             async with open_websocket("127.0.0.1", service.port, "/admin", use_ssl=False):
                 pass
     assert caught.value.status_code == 404
+
+
+async def test_deep_nesting_keeps_server_up(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    async with running(config) as service:
+        async with open_websocket("127.0.0.1", service.port, "/feed", use_ssl=False) as feed:
+            await feed.get_message()
+            async with open_websocket(
+                "127.0.0.1", service.port, "/ingest", use_ssl=False, extra_headers=auth(service)
+            ) as ws:
+                await ws.send_message("[" * 100_000 + "]" * 100_000)
+                reply = json.loads(await ws.get_message())
+                await ws.send_message(json.dumps(message_to_dict(opened("after"))))
+                after = json.loads(await ws.get_message())
+            # The feed client of another connection was not dropped.
+            await service.intake.submit(opened("watched"))
+            with trio.fail_after(5):
+                await feed.get_message()
+    assert reply["status"] == "rejected"
+    assert "nesting too deep" in reply["error"]
+    assert after["status"] == "accepted"
+    assert service.supervisor.actors["feed"].restarts == 0
+
+
+async def test_oversized_array_rejected(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    async with running(config) as service:
+        async with open_websocket(
+            "127.0.0.1", service.port, "/ingest", use_ssl=False, extra_headers=auth(service)
+        ) as ws:
+            await ws.send_message("[" + ",".join(["{}"] * 10_001) + "]")
+            too_many = json.loads(await ws.get_message())
+            await ws.send_message("[" + ",".join(["{}"] * 500) + "]")
+            all_bad = json.loads(await ws.get_message())
+    assert too_many["status"] == "rejected"
+    assert "at most 10000" in too_many["error"]
+    assert all_bad["rejected_count"] == 500
+    assert len(all_bad["rejected"]) == 100
