@@ -130,6 +130,31 @@ class MetricsConfig:
     enabled: bool = True
     # Minimum time between two published snapshots (seconds).
     publish_interval: float = 0.25
+    # Account balance before the first trade, in the PnL currency. At 0 the
+    # percent drawdown and every return-based ratio are null.
+    starting_balance: float = 0.0
+    # Periods per year for annualizing daily returns: 365 for markets that
+    # trade every day, 252 for stock exchange days.
+    periods_per_year: int = 365
+    # Annual risk-free rate as a fraction (0.04 is 4 %).
+    risk_free_rate: float = 0.0
+    # A resolved trade whose net PnL lies within this amount of 0 is a draw
+    # (currency).
+    break_even_tolerance: float = 0.0
+    # Figures from fewer resolved trades, or fewer days, are flagged as a
+    # small sample.
+    min_trades: int = 30
+    min_days: int = 30
+    # IANA time zone for reported times, calendar breakdowns and
+    # hour-of-day patterns.
+    timezone: str = "UTC"
+    # Trades in the "last N trades" window.
+    rolling_trades: int = 100
+    # Markets with a row of their own; trades of further markets are summed
+    # in one "(other)" row, which bounds memory.
+    max_markets: int = 10_000
+    # Rows of the by-market and by-tag tables in the document.
+    top_rows: int = 10
 
 
 @dataclass

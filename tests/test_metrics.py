@@ -19,12 +19,16 @@ from supervisor.config import MetricsConfig
 from supervisor.mailbox import Backlog
 
 
-def feed(state: MetricsState, *messages: Any) -> None:
+def feed(state: MetricsState, *messages: Any) -> dict[str, TradeRecord]:
+    """Apply messages as the logger does, one committed change each; return the records."""
     records: dict[str, TradeRecord] = {}
     for message in messages:
-        record = apply_trade_message(records.get(message.trade_id), message)
-        records[message.trade_id] = record
-        state.apply(record)
+        before = records.get(message.trade_id)
+        after = apply_trade_message(before, message)
+        if after != before:
+            records[message.trade_id] = after
+            state.apply_change(before, after)
+    return records
 
 
 def test_counts_and_pnl() -> None:
@@ -104,8 +108,8 @@ def test_incremental_equals_recomputation() -> None:
         messages.append(opened(f"t{index}", minute=index))
         if index % 3:
             messages.append(resolved(f"t{index}", str(index % 7 - 3), minute=index + 1))
-    feed(state, *messages)
-    rebuilt = compute_from_records(state.records.values())
+    records = feed(state, *messages)
+    rebuilt = compute_from_records(records.values())
     left, right = state.snapshot(), rebuilt.snapshot()
     left.pop("generated_at")
     right.pop("generated_at")
