@@ -49,6 +49,14 @@ class GroupTable:
         row = self.rows[key]
         row.add(facts, sign)
         self._documents.pop(key, None)
+        if row.empty:
+            # A trade can move between rows (its opening, with the market,
+            # arrives after its resolution); an empty row is dropped so that
+            # the table is the same as one built from the final trades.
+            del self.rows[key]
+            if self._top is not None and key in self._top:
+                self._top = None
+            return key
         if self.shown is not None:
             if self.ranking:
                 self._rank(key, sign)

@@ -68,7 +68,9 @@ class DailyReturns:
         if first != self._first_day or series.scale != self._scale or series.dirty_day is None:
             start = 0
         else:
-            start = max(0, series.dirty_day - first)
+            # Days between the last computed one and a new later day are
+            # computed too, as days without trades.
+            start = min(max(0, series.dirty_day - first), len(self._states))
         self._first_day = first
         self._scale = series.scale
         series.dirty_day = None

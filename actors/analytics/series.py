@@ -84,6 +84,9 @@ _INITIAL_STATE = (0, 0, 0, 0, 0, None, 0, 0, None, None, None, 0.0, 0, None, Non
 class TradeSeries:
     """The resolved trades as sorted compact columns with cached scans."""
 
+    # Rows between two scan checkpoints; tests lower it to cross many.
+    checkpoint_every = CHECKPOINT_EVERY
+
     def __init__(self, starting_balance: Decimal) -> None:
         self.starting_balance = starting_balance
         self.scale = decimal_places(starting_balance)
@@ -228,9 +231,9 @@ class TradeSeries:
         if self._valid == self._state_rows:
             self._end_state = self._scan(self._valid, self._end_state)
         else:
-            block = self._valid // CHECKPOINT_EVERY
+            block = self._valid // self.checkpoint_every
             del self._checkpoints[block + 1 :]
-            self._end_state = self._scan(block * CHECKPOINT_EVERY, self._checkpoints[block])
+            self._end_state = self._scan(block * self.checkpoint_every, self._checkpoints[block])
         self._valid = self._state_rows = count
         return self._end_state
 
@@ -245,14 +248,15 @@ class TradeSeries:
         cum_pnl, cum_gp = self.cum_pnl, self.cum_gross_profit
         cum_wins, cum_losses = self.cum_wins, self.cum_losses
         checkpoints = self._checkpoints
+        every = self.checkpoint_every
         for index in range(start, len(times)):
-            if index % CHECKPOINT_EVERY == 0 and index:
+            if index % every == 0 and index:
                 checkpoint = (cum, gp, wins, losses, peak, peak_us,
                               mdd, mdd_peak, mdd_peak_us, mdd_trough_us, mdd_recovered_us,
                               pdd, pdd_peak, pdd_peak_us, pdd_trough_us, pdd_recovered_us,
                               streak_sign, streak_len, max_win_streak, max_loss_streak,
                               largest_win, largest_loss, pdd_amount)
-                block = index // CHECKPOINT_EVERY
+                block = index // every
                 if block < len(checkpoints):
                     checkpoints[block] = checkpoint
                 else:
