@@ -116,7 +116,7 @@ def test_incremental_equals_recomputation() -> None:
     assert left == right
 
 
-async def test_actor_rebuilds_and_publishes(tmp_path: Path) -> None:
+async def test_actor_rebuilds_and_publishes(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
     database, archive = tmp_path / "t.sqlite", tmp_path / "a.sqlite"
     connection = await open_database(database, archive)
     await write_batch(connection, [opened("a"), resolved("a", "2"), decision("hold")])
@@ -141,3 +141,29 @@ async def test_actor_rebuilds_and_publishes(tmp_path: Path) -> None:
         nursery.cancel_scope.cancel()
     assert published[-1]["open"] == 1
     json.dumps(published[-1], allow_nan=False)
+
+
+async def test_actor_coalesces_publishes(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    database, archive = tmp_path / "t.sqlite", tmp_path / "a.sqlite"
+    connection = await open_database(database, archive)
+    await connection.close()
+    first = apply_trade_message(None, opened("a"))
+    second = apply_trade_message(None, opened("b"))
+
+    published: list[dict[str, Any]] = []
+    inbox: Backlog[Committed] = Backlog("metrics")
+    config = MetricsConfig(publish_interval=10.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_metrics, config, inbox, database, archive, published.append)
+        started = trio.current_time()
+        inbox.put(Committed(1, [(None, first)], []))
+        await trio.sleep(1)
+        inbox.put(Committed(2, [(None, second)], []))
+        with trio.fail_after(60):
+            while len(published) < 2:
+                await trio.sleep(0.5)
+        nursery.cancel_scope.cancel()
+    # Both commits went into the first snapshot after the one at start,
+    # published one interval after it.
+    assert published[1]["open"] == 2
+    assert trio.current_time() - started >= 10.0

@@ -125,7 +125,8 @@ class CalendarTables:
         days = [last - timedelta(days=back) for back in range(DAYS_SHOWN - 1, -1, -1)]
         monday = last - timedelta(days=last.weekday())
         weeks = [monday - timedelta(weeks=back) for back in range(WEEKS_SHOWN - 1, -1, -1)]
-        months = [_month_start(last, back) for back in range(MONTHS_SHOWN, -1, -1)]
+        # One more than shown: the start of the next month ends the last row.
+        months = [_month_start(last, back) for back in range(MONTHS_SHOWN - 1, -2, -1)]
         self._tables = {
             "by_day": _Table(days, [day + timedelta(days=1) for day in days]),
             "by_week": _Table(weeks, [week + timedelta(weeks=1) for week in weeks]),

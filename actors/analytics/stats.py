@@ -186,14 +186,13 @@ class Stats:
     def to_dict(self, min_trades: int, *, brief: bool = False) -> dict[str, Any]:
         """Return the group's figures, each undefined one null with its reason under "undefined".
 
-        ``brief`` keeps the resolved counts, win rate, realized PnL and profit factor.
+        ``brief`` keeps the counts, win rate, realized PnL and profit factor.
         """
         undefined: dict[str, str] = {}
         resolved = self.resolved
         wins, losses = self.wins, self.losses
         decided = wins + losses
-        document: dict[str, Any] = {} if brief else {"open": self.open}
-        document["resolved"] = resolved
+        document: dict[str, Any] = {"open": self.open, "resolved": resolved}
         if not brief:
             document["cancelled"] = self.cancelled
         document["wins"] = wins
