@@ -1,10 +1,18 @@
-"""``tradepulse report``: the metrics recomputed from the database."""
+"""``tradepulse report``: the metrics recomputed from the database.
+
+``--json`` prints the document that the metrics actor publishes on the feed;
+without it the same document is rendered as plain-text tables. A value from
+fewer trades or days than the configured minimum is marked with ``*``, and
+an undefined value reads "n/a" with its reason below the table.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from actors.analytics.settings import MetricsSettings
 from actors.messages import dumps
 from actors.metrics import load_state_sync
 from actors.store import DatabaseError
@@ -13,71 +21,275 @@ from supervisor.config import Config
 
 def build_report(config: Config) -> dict[str, Any]:
     """Return the metrics document for every stored trade, archived ones included."""
+    settings = MetricsSettings.from_config(config.metrics)
     database = config.service.database_path
     if not database.exists():
         raise DatabaseError(
             f"no database at {database}; start the service with 'tradepulse run' "
             "or import a log with 'tradepulse replay FILE' first"
         )
-    _, state = load_state_sync(database, config.service.archive_path)
+    _, state = load_state_sync(database, config.service.archive_path, settings)
     return state.snapshot()
 
 
-def _value(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:,.2f}"
+# ---------------------------------------------------------------------------
+# Cell formats. Each takes a value that is not None.
+
+Format = Callable[[Any], str]
+
+
+def _count(value: Any) -> str:
+    return f"{value:,}"
+
+
+def _money(value: Any) -> str:
+    return f"{value:,.2f}"
+
+
+def _percent(value: Any) -> str:
+    return f"{value:.2%}"
+
+
+def _ratio(value: Any) -> str:
+    return f"{value:.3f}"
+
+
+def _seconds(value: Any) -> str:
+    hours, rest = divmod(int(value), 3600)
+    days, hours = divmod(hours, 24)
+    minutes = rest // 60
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {int(value) % 60:02d}s"
+
+
+def _text(value: Any) -> str:
     return str(value)
 
 
-_ROWS = (
-    ("open", "Open trades"),
-    ("resolved", "Resolved trades"),
-    ("cancelled", "Cancelled trades"),
-    ("wins", "Wins"),
-    ("losses", "Losses"),
-    ("draws", "Draws"),
-    ("win_rate", "Win rate"),
-    ("realized_pnl", "Realized PnL"),
-    ("gross_profit", "Gross profit"),
-    ("gross_loss", "Gross loss"),
-    ("profit_factor", "Profit factor"),
-    ("open_exposure", "Open exposure"),
-)
+def _reason(code: str) -> str:
+    return code.replace("_", " ")
 
 
-def format_report(document: dict[str, Any]) -> str:
-    """Render the metrics document as a table: all trades, then one column per strategy."""
-    columns = [("all", document)] + list(document["by_strategy"].items())
-    header = ["metric"] + [name for name, _ in columns]
-    rows = [header]
-    for key, label in _ROWS:
-        row = [label]
-        for _, figures in columns:
-            value = figures.get(key)
-            if key == "win_rate" and value is not None:
-                row.append(f"{value:.2%}")
-            elif key == "profit_factor" and value is not None:
-                row.append(f"{value:.3f}")
-            else:
-                row.append(_value(value))
-        rows.append(row)
-    rows.append(["Max drawdown", _value(document["max_drawdown"])] + [""] * (len(columns) - 1))
-    decisions = document["decisions"]
-    rows.append(
-        ["Decisions (trade/hold)", f"{decisions.get('trade', 0)}/{decisions.get('hold', 0)}"]
-        + [""] * (len(columns) - 1)
-    )
+class _Notes:
+    """Footnotes for the undefined values of one table, numbered by first use."""
 
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def cell(self, section: dict[str, Any], key: str, label: str, fmt: Format) -> str:
+        value = section.get(key)
+        if value is None:
+            reason = section.get("undefined", {}).get(key)
+            if reason is None:
+                return "n/a"
+            line = f"{label}: {_reason(reason)}"
+            if line not in self.lines:
+                self.lines.append(line)
+            return f"n/a[{self.lines.index(line) + 1}]"
+        text = fmt(value)
+        if section.get("small_sample") and key != "resolved":
+            text += "*"
+        return text
+
+
+def _render(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = []
-    for index, row in enumerate(rows):
+    for index, row in enumerate([header, *rows]):
         cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
         lines.append("  ".join(cells).rstrip())
         if index == 0:
             lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return lines
+
+
+def _with_notes(lines: list[str], notes: _Notes) -> list[str]:
+    return lines + [f"  [{number}] {line}" for number, line in enumerate(notes.lines, start=1)]
+
+
+# ---------------------------------------------------------------------------
+# Tables
+
+_SUMMARY_ROWS: tuple[tuple[str, str, Format], ...] = (
+    ("open", "Open trades", _count),
+    ("resolved", "Resolved trades", _count),
+    ("cancelled", "Cancelled trades", _count),
+    ("wins", "Wins", _count),
+    ("losses", "Losses", _count),
+    ("draws", "Draws", _count),
+    ("win_rate", "Win rate", _percent),
+    ("realized_pnl", "Realized PnL", _money),
+    ("gross_profit", "Gross profit", _money),
+    ("gross_loss", "Gross loss", _money),
+    ("profit_factor", "Profit factor", _ratio),
+    ("expectancy", "Expectancy", _money),
+    ("expectancy_r", "Expectancy (R)", _ratio),
+    ("average_win", "Average win", _money),
+    ("average_loss", "Average loss", _money),
+    ("payoff_ratio", "Payoff ratio", _ratio),
+    ("fees", "Fees", _money),
+    ("average_holding_seconds", "Average holding time", _seconds),
+    ("open_exposure", "Open exposure", _money),
+)
+
+
+def _summary(document: dict[str, Any]) -> list[str]:
+    columns = [("all", document)] + list(document["by_strategy"].items())
+    notes = _Notes()
+    rows = []
+    for key, label, fmt in _SUMMARY_ROWS:
+        rows.append([label] + [notes.cell(figures, key, label, fmt) for _, figures in columns])
+    blank = [""] * (len(columns) - 1)
+    rows.append(["Max drawdown", notes.cell(document, "max_drawdown", "Max drawdown", _money), *blank])
+    for key, label in (("largest_win", "Largest win"), ("largest_loss", "Largest loss")):
+        value = document.get(key)
+        rows.append([label, "n/a" if value is None else _money(value), *blank])
+    decisions = document["decisions"]
+    rows.append(
+        ["Decisions (trade/hold)", f"{decisions.get('trade', 0)}/{decisions.get('hold', 0)}", *blank]
+    )
+    header = ["metric"] + [name for name, _ in columns]
+    return _with_notes(_render(header, rows), notes)
+
+
+def _equity(document: dict[str, Any]) -> list[str]:
+    equity = document["equity"]
+    streaks = document["streaks"]
+    notes = _Notes()
+    rows = [
+        ["Starting balance", notes.cell(equity, "starting_balance", "Starting balance", _money)],
+        ["Current equity", notes.cell(equity, "current", "Current equity", _money)],
+        ["Peak equity", notes.cell(equity, "peak", "Peak equity", _money)],
+        ["Current drawdown", notes.cell(equity, "current_drawdown", "Current drawdown", _money)],
+        ["Current drawdown %", notes.cell(equity, "current_drawdown_percent", "Current drawdown %", _percent)],
+    ]
+    for key, label in (("max_drawdown", "Max drawdown"), ("max_drawdown_percent", "Max drawdown by %")):
+        drawdown = equity.get(key)
+        if drawdown is None:
+            rows.append([label, notes.cell(equity, key, label, _text)])
+            continue
+        rows.append([label, notes.cell(drawdown, "amount", label, _money)])
+        rows.append([f"  {label} %", notes.cell(drawdown, "percent", f"{label} %", _percent)])
+        rows.append(["  peak at", drawdown.get("peak_at") or "start"])
+        rows.append(["  trough at", drawdown.get("trough_at") or "n/a"])
+        rows.append(["  recovered at", drawdown.get("recovered_at") or "not yet"])
+        rows.append(["  duration", notes.cell(drawdown, "duration_seconds", f"{label} duration", _seconds)])
+    current = streaks["current"]
+    rows.append(["Longest winning streak", _count(streaks["longest_winning"])])
+    rows.append(["Longest losing streak", _count(streaks["longest_losing"])])
+    rows.append(["Current streak", f"{current['length']} {current['kind']}" if current["kind"] else "none"])
+    return _with_notes(_render(["equity and risk", "value"], rows), notes)
+
+
+_RETURN_ROWS: tuple[tuple[str, str, Format], ...] = (
+    ("total_return", "Total return", _percent),
+    ("cagr", "CAGR", _percent),
+    ("volatility", "Volatility (annualized)", _percent),
+    ("sharpe", "Sharpe ratio", _ratio),
+    ("sortino", "Sortino ratio", _ratio),
+    ("calmar", "Calmar ratio", _ratio),
+    ("max_drawdown", "Max drawdown (daily)", _percent),
+)
+
+
+def _returns(document: dict[str, Any]) -> list[str]:
+    returns = document["returns"]
+    notes = _Notes()
+    rows = [["Days", _count(returns.get("days", 0))]]
+    rows += [[label, notes.cell(returns, key, label, fmt)] for key, label, fmt in _RETURN_ROWS]
+    title = f"daily returns (UTC, {returns.get('periods_per_year', '?')} per year)"
+    return _with_notes(_render([title, "value"], rows), notes)
+
+
+_BRIEF_COLUMNS: tuple[tuple[str, str, Format], ...] = (
+    ("resolved", "resolved", _count),
+    ("wins", "wins", _count),
+    ("losses", "losses", _count),
+    ("win_rate", "win rate", _percent),
+    ("realized_pnl", "PnL", _money),
+    ("profit_factor", "PF", _ratio),
+)
+
+
+def _brief_table(title: str, rows: Sequence[tuple[str, dict[str, Any]]]) -> list[str]:
+    notes = _Notes()
+    body = []
+    for name, figures in rows:
+        body.append([name] + [notes.cell(figures, key, label, fmt) for key, label, fmt in _BRIEF_COLUMNS])
+    if not body:
+        return [f"{title}: none"]
+    header = [title] + [label for _, label, _ in _BRIEF_COLUMNS]
+    return _with_notes(_render(header, body), notes)
+
+
+def _forecast(document: dict[str, Any]) -> list[str]:
+    forecast = document["forecast"]
+    notes = _Notes()
+    rows = [
+        ["Scored trades", _count(forecast["scored_trades"])],
+        ["Brier score", notes.cell(forecast, "brier_score", "Brier score", lambda v: f"{v:.4f}")],
+        ["Log loss", notes.cell(forecast, "log_loss", "Log loss", lambda v: f"{v:.4f}")],
+    ]
+    lines = _with_notes(_render(["forecast quality", "value"], rows), notes)
+    buckets = forecast.get("calibration") or []
+    if buckets:
+        body = [
+            [f"{b['low']:.1f}-{b['high']:.1f}", _count(b["trades"]), _percent(b["mean_probability"]),
+             _percent(b["win_rate"])]
+            for b in buckets
+        ]
+        lines += [""] + _render(["probability", "trades", "mean forecast", "win rate"], body)
+    return lines
+
+
+def _decisions(document: dict[str, Any]) -> list[str]:
+    missed = document["missed_opportunities"]
+    execution = document["execution"]
+    notes = _Notes()
+    rows = [
+        ["HOLD decisions", _count(missed["holds"])],
+        ["HOLDs on a resolved market", _count(missed["scored_holds"])],
+        ["Missed wins", _count(missed["missed_wins"])],
+        ["Regret rate", notes.cell(missed, "regret_rate", "Regret rate", _percent)],
+        ["Missed PnL", notes.cell(missed, "missed_pnl", "Missed PnL", _money)],
+        ["Fill rate", notes.cell(execution, "fill_rate", "Fill rate", _percent)],
+        ["Slippage", notes.cell(execution, "slippage", "Slippage", _money)],
+    ]
+    return _with_notes(_render(["decisions and execution", "value"], rows), notes)
+
+
+def format_report(document: dict[str, Any]) -> str:
+    """Render the metrics document as plain-text tables."""
+    sections: list[list[str]] = [_summary(document), _equity(document), _returns(document)]
+    windows = document["windows"]
+    sections.append(
+        _brief_table(
+            f"windows (up to {windows.get('end') or 'n/a'})",
+            [(name.replace("_", " "), figures) for name, figures in windows.items() if name != "end"],
+        )
+    )
+    calendar = document["calendar"]
+    zone = calendar["timezone"]
+    for key, title in (("by_month", "month"), ("by_week", "week from"), ("by_day", "day")):
+        rows = [(row["start"], row) for row in calendar[key]]
+        sections.append(_brief_table(f"{title} ({zone})", rows))
+    patterns = document["patterns"]
+    sections.append(_brief_table(f"weekday opened ({zone})", [(r["weekday"], r) for r in patterns["by_weekday"]]))
+    sections.append(_brief_table(f"hour opened ({zone})", [(f"{r['hour']:02d}h", r) for r in patterns["by_hour"]]))
+    for key, title in (("by_venue", "venue"), ("by_signal_type", "signal type"), ("by_tag", "tag")):
+        sections.append(_brief_table(title, list(document[key].items())))
+    market_title = f"market (busiest {len(document['by_market'])} of {document['markets_tracked']})"
+    sections.append(_brief_table(market_title, list(document["by_market"].items())))
+    sections.append(_forecast(document))
+    sections.append(_decisions(document))
+    footer = (
+        f"* small sample: fewer than {document['settings']['min_trades']} trades "
+        f"(or {document['settings']['min_days']} days for daily returns)"
+    )
+    return "\n\n".join("\n".join(lines) for lines in sections) + "\n\n" + footer
 
 
 def print_report(config: Config, *, as_json: bool) -> None:

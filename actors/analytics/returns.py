@@ -113,6 +113,7 @@ class DailyReturns:
         figures = Figures()
         series = self.series
         names = ("sharpe", "sortino", "cagr", "calmar", "max_drawdown", "volatility", "total_return")
+        figures.set("periods_per_year", self.periods_per_year)
         if series.base_units() <= 0:
             daily = series.daily_pnl
             figures.set("days", max(daily) - min(daily) + 1 if daily else 0)
@@ -124,7 +125,6 @@ class DailyReturns:
         figures.set("days", days)
         figures.set("first_day", None if self._first_day is None else _day_text(self._first_day))
         figures.set("last_day", None if not states else _day_text(self._first_day + days - 1))  # type: ignore[operator]
-        figures.set("periods_per_year", self.periods_per_year)
         figures.set("small_sample", days < min_days)
         if not states:
             for name in names:
