@@ -59,6 +59,9 @@ class Envelope:
     # Failures while it was written alone, and the last error of any failure.
     attempts: int = 0
     last_error: str | None = None
+    # Set once a transaction holding it has committed, even if the logger
+    # failed before acknowledging it.
+    stored: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,8 +252,12 @@ class _Logger:
         self.on_alert = on_alert
         self.outage = False
 
-    async def store(self, messages: Sequence[Message]) -> Committed:
+    async def store(
+        self, messages: Sequence[Message], envelopes: Sequence[Envelope] = ()
+    ) -> Committed:
         committed = await write_batch(self.connection, messages)
+        for envelope in envelopes:
+            envelope.stored = True
         # A crash here leaves the batch committed but unacknowledged; it is
         # delivered again and the idempotent write changes nothing.
         fault_point("logger.after_commit")
@@ -310,7 +317,7 @@ class _Logger:
         try:
             for envelope in pending:
                 check_poison(envelope.message.key)
-            await self.store([e.message for e in pending])
+            await self.store([e.message for e in pending], pending)
         except Exception as error:
             if _is_storage_failure(error):
                 await self.to_journal(pending, error)
@@ -319,13 +326,18 @@ class _Logger:
             # batch may be at fault; a kill or cancellation from outside never
             # lands here.
             for envelope in pending:
-                envelope.batch_failures += 1
-                envelope.last_error = describe_error(error)
+                if not envelope.stored:
+                    envelope.batch_failures += 1
+                    envelope.last_error = describe_error(error)
             raise
         self.acknowledge(batch)
 
     async def handle_one(self, envelope: Envelope) -> None:
         if envelope.committed.is_set():
+            return
+        if envelope.stored:
+            # Committed before a crash that came after the write.
+            envelope.committed.set()
             return
         # A batch failure counts once: the message may have caused it. At least
         # one failure while written alone proves it is at fault.
@@ -344,14 +356,15 @@ class _Logger:
             return
         try:
             check_poison(envelope.message.key)
-            await self.store([envelope.message])
+            await self.store([envelope.message], [envelope])
         except Exception as error:
             if _is_storage_failure(error):
                 await trio.to_thread.run_sync(self.journal.append, [envelope.message])
                 envelope.committed.set()
                 return
-            envelope.attempts += 1
-            envelope.last_error = describe_error(error)
+            if not envelope.stored:
+                envelope.attempts += 1
+                envelope.last_error = describe_error(error)
             raise
         envelope.committed.set()
 

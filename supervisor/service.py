@@ -161,7 +161,11 @@ class Service:
             raise DatabaseError(
                 f"cannot create data folder {service.data_dir}: {error.strerror}"
             ) from None
-        open_sync(service.database_path).close()
+        connection = open_sync(service.database_path)
+        try:
+            self._last_seq = int(connection.execute("SELECT seq FROM commit_sequence").fetchone()[0])
+        finally:
+            connection.close()
         prepare_archive_sync(service.archive_path)
         configured = service.ingest_token.reveal()
         self.ingest_token = configured or load_or_create_token(service.token_path)

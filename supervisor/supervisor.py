@@ -164,6 +164,9 @@ class ActorStatus:
     spec: ChildSpec
     state: ActorState = ActorState.STARTING
     restarts: int = 0
+    # Kill requests carried out; a request for an incarnation that failed on
+    # its own first is moot.
+    kills: int = 0
     last_errors: collections.deque[str] = field(
         default_factory=lambda: collections.deque(maxlen=LAST_ERRORS_KEPT)
     )
@@ -197,9 +200,11 @@ class ActorStatus:
 
 
 def describe(error: BaseException) -> str:
-    """Return "Type: message" for an error, unwrapping single-error groups."""
+    """Return "Type: message" for an error; a group lists its errors."""
     while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
         error = error.exceptions[0]
+    if isinstance(error, BaseExceptionGroup):
+        return " + ".join(describe(inner) for inner in error.exceptions)
     text = str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
@@ -373,6 +378,7 @@ class Supervisor:
 
             async def on_kill() -> None:
                 await status.kill_requested.wait()
+                status.kills += 1
                 raise ActorKilled(status.kill_reason or "killed on request")
 
             async def on_bounce() -> None:
