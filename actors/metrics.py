@@ -46,9 +46,10 @@ def compute_from_records(
     """Build the state from scratch out of trade records, in resolution order."""
     state = MetricsState(settings)
     tolerance = state.settings.break_even_tolerance
+    bulk = state.start_bulk()
     for record in sorted(records, key=_rebuild_order):
-        state.trades_seen += 1
-        state.add_facts(facts_from_record(record, tolerance), 1)
+        bulk.add(facts_from_record(record, tolerance))
+    bulk.finish()
     return state
 
 
@@ -58,17 +59,13 @@ def load_state_sync(
     """Rebuild the state from the database and the archive, with its commit sequence."""
     state = MetricsState(settings)
     tolerance = state.settings.break_even_tolerance
-    tables = (state.by_tag, state.by_market)
-    for table in tables:
-        table.ranking = False
+    bulk = state.start_bulk()
 
     def on_trade(row: tuple[Any, ...]) -> None:
-        state.trades_seen += 1
-        state.add_facts(facts_from_row(row, tolerance), 1)
+        bulk.add(facts_from_row(row, tolerance))
 
     scan = scan_stored_trades_sync(database, archive, on_trade, lambda row: state.missed.add_hold(*row))
-    for table in tables:
-        table.ranking = True
+    bulk.finish()
     for action, count in scan.decision_counts.items():
         state.decisions[action] = count
     return scan.seq, state
@@ -93,26 +90,45 @@ async def run_metrics(
     publish(state.snapshot())
     task_status.started()
 
-    def apply_all(batch: list[Committed]) -> bool:
+    last_seq = loaded_seq
+
+    async def apply_all(batch: list[Committed]) -> bool:
+        nonlocal last_seq, state
         changed = False
         for committed in batch:
-            if committed.seq <= loaded_seq:
+            if committed.seq <= last_seq:
                 continue
+            if committed.seq > last_seq + 1:
+                # A commit never reached this actor (the logger failed between
+                # its commit and the notification): the state would be
+                # wrong from here on, so rebuild it from the database.
+                log.warning(
+                    "metrics: commits %d to %d were missed; rebuilding from the database",
+                    last_seq + 1,
+                    committed.seq - 1,
+                )
+                last_seq, state = await trio.to_thread.run_sync(
+                    load_state_sync, database, archive, settings
+                )
+                changed = True
+                if committed.seq <= last_seq:
+                    continue
             for before, after in committed.changes:
                 changed |= state.apply_change(before, after)
             for decision in committed.decisions:
                 state.apply_decision(decision)
                 changed = True
+            last_seq = committed.seq
         return changed
 
     last_publish = trio.current_time()
     gap = config.publish_interval
     while True:
-        if not apply_all(await inbox.take_all()):
+        if not await apply_all(await inbox.take_all()):
             continue
         # Coalesce: transactions that commit while we wait go into the same snapshot.
         await trio.sleep_until(last_publish + gap)
-        apply_all(inbox.take_nowait())
+        await apply_all(inbox.take_nowait())
         started = time.perf_counter()
         publish(state.snapshot())
         # However short the configured interval, building and sending

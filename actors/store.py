@@ -7,7 +7,6 @@ archive file holds trades that the archiver moved out. Both have the same
 
 from __future__ import annotations
 
-import heapq
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -307,7 +306,8 @@ def scan_stored_trades_sync(
 
     Each trade reaches ``on_trade`` once as a row of ``LEAN_TRADE_COLUMNS``,
     Decimals still as text and times as integer epoch microseconds. Resolved
-    trades come first, in resolution time order, then the others. Each HOLD
+    trades come first, those of the archive and then those of the main file,
+    each in resolution time order; then the others. Each HOLD
     decision reaches ``on_hold`` as (market, side, params price, params size).
     Everything is read in one read transaction with the commit sequence
     number, the main database before the archive, and a trade present in both
@@ -327,16 +327,15 @@ def scan_stored_trades_sync(
         main_select = _LEAN_SELECT.format(table="main.trades")
         resolved = " WHERE status = 'resolved' ORDER BY resolved_at"
         others = " WHERE status != 'resolved'"
-        streams = [connection.execute(main_select + resolved)]
         if has_archive:
+            # Archived trades are the older ones, so reading them first keeps
+            # the resolutions nearly in time order for the caller.
             archived = _LEAN_SELECT.format(table="archive.trades") + (
                 " WHERE trade_id NOT IN (SELECT trade_id FROM main.trades)"
             )
-            streams.append(
-                connection.execute(archived + " AND status = 'resolved' ORDER BY resolved_at")
-            )
-        resolved_index = LEAN_TRADE_COLUMNS.index("resolved_us")
-        for row in heapq.merge(*streams, key=lambda row: row[resolved_index]):
+            for row in connection.execute(archived + " AND status = 'resolved' ORDER BY resolved_at"):
+                on_trade(row)
+        for row in connection.execute(main_select + resolved):
             on_trade(row)
         for row in connection.execute(main_select + others):
             on_trade(row)

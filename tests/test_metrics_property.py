@@ -35,6 +35,8 @@ SETTINGS = MetricsSettings.from_config(
         break_even_tolerance=0.05,
         timezone="America/New_York",
         rolling_trades=5,
+        # Fewer table rows than markets, so that the busiest-rows ranking runs.
+        top_rows=2,
     )
 )
 

@@ -33,8 +33,12 @@ class LocalClock:
         self.zone = zone
         self._offsets: dict[int, int] = {}
         self._midnights: dict[int, int] = {}
+        # UTC needs no lookup at all.
+        self._fixed_offset = 0 if zone.key in ("UTC", "Etc/UTC") else None
 
     def offset_us(self, time_us: int) -> int:
+        if self._fixed_offset is not None:
+            return self._fixed_offset
         block = time_us // _BLOCK_US
         offset = self._offsets.get(block)
         if offset is None:

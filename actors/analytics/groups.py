@@ -27,6 +27,8 @@ class GroupTable:
         # Keys of the busiest rows, or None when they must be recomputed.
         self._top: set[str] | None = set()
         self._weakest: str | None = None
+        # Net change of each top row's activity since the last ranking.
+        self._net: dict[str, int] = {}
         # Off while a rebuild adds every trade; the leaderboard is then
         # computed once, at the first snapshot.
         self.ranking = True
@@ -64,15 +66,25 @@ class GroupTable:
                 self._top = None
         return key
 
+    def merge(self, key: str, stats: Stats) -> None:
+        """Add a cell of sums to the row of ``key``, for a rebuild with ranking off."""
+        key = self.row_key(key)
+        self.rows[key].merge(stats)
+        self._documents.pop(key, None)
+        if self.rows[key].empty:
+            del self.rows[key]
+        self._top = None
+
     def _rank(self, key: str, sign: int) -> None:
         top = self._top
         if top is None:
             return
         if key in top:
             self._weakest = None
-            if sign < 0:
-                # A row that lost a trade may drop below one outside the top.
-                self._top = None
+            # A row that lost a trade may drop below one outside the top. A
+            # change of a trade's status takes it out and adds it back, so
+            # only a net loss since the last ranking forces a new one.
+            self._net[key] = self._net.get(key, 0) + sign
             return
         if sign < 0:
             return
@@ -100,6 +112,9 @@ class GroupTable:
         """Return the keys shown in the document: all, or the busiest, busiest first."""
         if self.shown is None:
             return sorted(key for key, row in self.rows.items() if not row.empty)
+        if self._top is not None and any(change < 0 for change in self._net.values()):
+            self._top = None
+        self._net.clear()
         if self._top is None:
             busiest = heapq.nsmallest(
                 self.shown,

@@ -53,6 +53,21 @@ def _decimal(text: str | None) -> Decimal | None:
     return None if text is None else Decimal(text)
 
 
+# Decoded tag lists by their stored JSON text: a history has few distinct ones.
+_TAGS: dict[str, tuple[str, ...]] = {}
+
+
+def _tags(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return ()
+    tags = _TAGS.get(text)
+    if tags is None:
+        if len(_TAGS) > 10_000:
+            _TAGS.clear()
+        tags = _TAGS[text] = tuple(json.loads(text))
+    return tags
+
+
 def facts_from_row(row: tuple[Any, ...], tolerance: Decimal) -> TradeFacts:
     """Build facts from a row of ``store.LEAN_TRADE_COLUMNS``."""
     (trade_id, status, strategy, venue, market, side, market_kind, signal_type, tags,
@@ -60,7 +75,7 @@ def facts_from_row(row: tuple[Any, ...], tolerance: Decimal) -> TradeFacts:
      opened_us, resolved_us) = row
     return TradeFacts(
         trade_id, status, strategy, venue, market, side, market_kind, signal_type,
-        tuple(json.loads(tags)) if tags else (),
+        _tags(tags),
         _decimal(size), _decimal(entry_price), Decimal(fees) if fees else ZERO,
         Decimal(exit_fees) if exit_fees else ZERO, _decimal(pnl), outcome,
         _decimal(probability), _decimal(exit_price), opened_us, resolved_us, tolerance,
@@ -246,6 +261,10 @@ class MetricsState:
             self.forecast.add(facts, sign)
             self.missed.add_settlement(facts, sign)
 
+    def start_bulk(self) -> Bulk:
+        """Return a loader that adds many new trades faster than ``add_facts``, for a rebuild."""
+        return Bulk(self)
+
     def apply_change(self, before: TradeRecord | None, after: TradeRecord) -> bool:
         """Apply one committed change; return True if the state changed."""
         if before == after:
@@ -427,3 +446,61 @@ class MetricsState:
             "timezone": self.settings.zone.key, "by_hour": by_hour, "by_weekday": by_weekday
         }
         return self._patterns_document
+
+
+class Bulk:
+    """Adds trades to an empty state through a few fine-grained cells, then rolls them up.
+
+    A rebuild adds every stored trade once. Instead of the eight group sums
+    that ``add_facts`` updates per trade, it updates one cell per
+    (strategy, venue, signal type, tags), one per market and one per
+    (hour, weekday), and ``finish`` merges the cells into the groups. Sums
+    are exact, so the result equals adding the trades one by one, which the
+    tests check.
+    """
+
+    def __init__(self, state: MetricsState) -> None:
+        self.state = state
+        self.cells: dict[tuple[str, str, str | None, tuple[str, ...]], Stats] = {}
+        self.patterns = [Stats() for _ in range(24 * 7)]
+        for table in (state.by_tag, state.by_market):
+            table.ranking = False
+
+    def add(self, facts: TradeFacts) -> None:
+        state = self.state
+        key = (facts.strategy, facts.venue, facts.signal_type, facts.tags)
+        cell = self.cells.get(key)
+        if cell is None:
+            cell = self.cells[key] = Stats()
+        cell.add(facts, 1)
+        state.by_market.add(facts.market, facts, 1)
+        if facts.opened_us is not None:
+            hour, weekday = state.clock.hour_and_weekday(facts.opened_us)
+            self.patterns[weekday * 24 + hour].add(facts, 1)
+        if facts.status == "resolved":
+            assert facts.pnl is not None and facts.outcome is not None
+            if facts.resolved_us is not None:
+                state.series.add(facts.resolved_us, facts.trade_id, facts.pnl, facts.outcome)
+            state.forecast.add(facts, 1)
+            state.missed.add_settlement(facts, 1)
+        state.trades_seen += 1
+
+    def finish(self) -> None:
+        state = self.state
+        for (strategy, venue, signal_type, tags), cell in self.cells.items():
+            state.total.merge(cell)
+            state.by_strategy.merge(strategy, cell)
+            state.by_venue.merge(venue, cell)
+            if signal_type is not None:
+                state.by_signal.merge(signal_type, cell)
+            for tag in tags:
+                state.by_tag.merge(tag, cell)
+        for index, cell in enumerate(self.patterns):
+            weekday, hour = divmod(index, 24)
+            state.by_hour[hour].merge(cell)
+            state.by_weekday[weekday].merge(cell)
+        for table in (state.by_tag, state.by_market):
+            table.ranking = True
+        state._total_document = None
+        state._patterns_document = None
+        state._pattern_documents.clear()

@@ -9,13 +9,16 @@ corrected or cancelled trade costs O(1).
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 
 from actors.analytics.series import DRAW, LOSS, WIN
 from actors.analytics.values import MONEY_CONTEXT, ZERO, decimal_ratio, from_fixed, ratio, to_fixed
 
 UNKNOWN = "unknown"
+
+# A per-trade ratio needs no more digits than a float holds.
+RATIO_CONTEXT = Context(prec=28)
 OUTCOME_CODES = {"win": WIN, "loss": LOSS, "draw": DRAW}
 
 # Sides on which a rising price gains. "yes" and "no" are shares of one side
@@ -97,7 +100,8 @@ class TradeFacts:
             self.pnl: Decimal | None = pnl if pnl is not None else ZERO
             self.outcome: int | None = classify(self.pnl, stored_outcome, tolerance)
             if self.risk is not None and self.risk > 0:
-                self.r_fixed: int | None = to_fixed(decimal_ratio(self.pnl, self.risk))
+                ratio_of_risk = float(RATIO_CONTEXT.divide(self.pnl, self.risk))
+                self.r_fixed: int | None = to_fixed(ratio_of_risk)
             else:
                 self.r_fixed = None
             if opened_us is not None and resolved_us is not None:
