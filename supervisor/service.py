@@ -98,16 +98,15 @@ class Service:
     # -- wiring ---------------------------------------------------------------
 
     def _on_commit(self, committed: Committed) -> None:
-        if self._last_seq is not None and committed.seq != self._last_seq + 1:
-            # The logger crashed between a commit and this notification, so
-            # metrics missed a transaction: it rebuilds from the database.
+        if self._last_seq is not None and committed.seq > self._last_seq + 1:
+            # The logger failed between a commit and this notification. Metrics
+            # notices the gap in the sequence and rebuilds from the database;
+            # the notifier and reflection miss those trades.
             log.warning(
-                "service: commits %d to %d never reached metrics; rebuilding its state",
+                "service: commits %d to %d were not passed on; metrics will rebuild",
                 self._last_seq + 1,
                 committed.seq - 1,
             )
-            if "metrics" in self.supervisor.actors:
-                self.supervisor.restart("metrics")
         self._last_seq = committed.seq
         if self.config.metrics.enabled:
             self.metrics_inbox.put(committed)
