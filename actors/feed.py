@@ -144,7 +144,7 @@ async def _ingest(connection: WebSocketConnection, intake: Intake, peer: str) ->
 
     async def close_at_shutdown() -> None:
         # Once the intake closes, send the replies still owed, then close with
-        # 1001 so that the bot knows every earlier reply has arrived.
+        # 1001 so that the bot can tell that every earlier reply has arrived.
         await intake.closed.wait()
         while owed:
             await trio.sleep(0.01)

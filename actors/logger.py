@@ -66,7 +66,7 @@ class Envelope:
 
 @dataclass(frozen=True, slots=True)
 class Committed:
-    """What one transaction changed, numbered by the transaction's sequence."""
+    """The changes of one transaction, numbered by the transaction's sequence."""
 
     seq: int
     # Each changed trade as (state before, state after); before is None for a new trade.
@@ -393,7 +393,7 @@ async def run_logger(
         task_status.started()
         while True:
             batch: list[Envelope] | None = None
-            # While the journal holds messages, wake up now and then to retry
+            # While the journal contains messages, wake up now and then to retry
             # the database even if no new message arrives.
             with trio.move_on_after(config.journal_retry if logger.outage else float("inf")):
                 batch = await inbox.take_batch(config.batch_max)

@@ -21,7 +21,7 @@ STATUS_TIMEOUT = 5.0
 
 
 class AdminError(Exception):
-    """A status or dead-letter command failed; the message says why."""
+    """A status or dead-letter command failed; the message gives the reason."""
 
 
 async def fetch_status(config: Config) -> dict[str, Any]:

@@ -19,7 +19,7 @@ class InjectedFault(Exception):
 
 
 class FaultPlan:
-    """Which hits of which points fail, and which message keys are poison."""
+    """A fault schedule: the failing hits of each point and the poison message keys."""
 
     def __init__(
         self, failures: dict[str, Iterable[int]] | None = None, poison: Iterable[str] = ()
@@ -43,7 +43,7 @@ active_plan: contextvars.ContextVar[FaultPlan | None] = contextvars.ContextVar(
 
 
 def fault_point(name: str) -> None:
-    """Raise ``InjectedFault`` if the active plan says this hit fails."""
+    """Raise ``InjectedFault`` if the active plan marks this hit as failing."""
     plan = active_plan.get()
     if plan is not None:
         plan.hit(name)

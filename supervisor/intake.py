@@ -48,7 +48,7 @@ class Intake:
         self.accepting = True
         self.accepted = 0
         self.rejected = 0
-        # Set when the intake closes; ingest connections then say goodbye.
+        # Set when the intake closes; ingest connections then close with 1001.
         self.closed = trio.Event()
         # Replies that ingest connections still owe their clients.
         self.pending_replies = 0

@@ -159,7 +159,7 @@ def busy() -> Iterator[None]:
 
 @dataclass
 class ActorStatus:
-    """What the supervisor knows of one actor, for logs, the feed and ``status``."""
+    """The supervisor's record of one actor, for logs, the feed and ``status``."""
 
     spec: ChildSpec
     state: ActorState = ActorState.STARTING
