@@ -74,6 +74,22 @@ class Intake:
         self.accepted += 1
         return envelope
 
+    async def submit_many(self, messages: list[Message]) -> list[Envelope]:
+        """Queue several validated messages with one scheduling point while there is room."""
+        if not self.accepting:
+            raise IntakeClosed("tradepulse is shutting down and accepts no more messages")
+        envelopes = []
+        for message in messages:
+            envelope = Envelope(message)
+            try:
+                self._mailbox.put_nowait(envelope)
+            except trio.WouldBlock:
+                await self._mailbox.put(envelope)
+            envelopes.append(envelope)
+            self.accepted += 1
+        await trio.lowlevel.checkpoint()
+        return envelopes
+
     def close(self) -> None:
         """Stop accepting; messages already queued are still written."""
         if self.accepting:
