@@ -290,7 +290,7 @@ _LEAN_SELECT = (
 
 @dataclass
 class LeanScan:
-    """What ``scan_stored_trades_sync`` read besides the trades it passed on."""
+    """The commit sequence and decision counts read by ``scan_stored_trades_sync``."""
 
     seq: int
     decision_counts: dict[str, int]

@@ -7,14 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from helpers import cancelled, decision, opened, resolved
 
-from actors.logger import write_batch
+from actors.logger import Committed, write_batch
 from actors.messages import dumps
-from actors.logger import Committed
 from actors.metrics import MetricsState, compute_from_records, run_metrics
 from actors.store import open_database
 from actors.trades import TradeRecord, apply_trade_message
-from helpers import cancelled, decision, opened, resolved
 from supervisor.config import MetricsConfig
 from supervisor.mailbox import Backlog
 

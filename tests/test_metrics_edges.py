@@ -9,13 +9,13 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from helpers import BASE_TIME, cancelled, decision, opened, resolved
 
 from actors.analytics.series import TradeSeries
 from actors.analytics.settings import MetricsSettings
 from actors.messages import Decision, Message, dumps
 from actors.metrics import MetricsState
 from actors.trades import TradeRecord, apply_trade_message
-from helpers import BASE_TIME, cancelled, decision, opened, resolved
 from supervisor.config import ConfigError, MetricsConfig, build_config
 
 

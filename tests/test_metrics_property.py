@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import cancelled, opened, resolved
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +25,6 @@ from actors.messages import Message
 from actors.metrics import MetricsState, compute_from_records, load_state_sync
 from actors.store import open_database
 from actors.trades import TradeRecord, apply_trade_message
-from helpers import cancelled, opened, resolved
 from supervisor.config import MetricsConfig
 
 EXAMPLES = int(os.environ.get("TRADEPULSE_HYPOTHESIS_EXAMPLES", "120"))

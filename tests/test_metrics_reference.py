@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import FREQTRADE_JSON, KALSHI_CSV, shared_file
 
 from actors.analytics.settings import MetricsSettings
 from actors.logger import write_batch
 from actors.metrics import load_state_sync
 from actors.store import open_database
-from conftest import FREQTRADE_JSON, KALSHI_CSV, shared_file
 from importers import load_trade_log
 from supervisor.config import MetricsConfig
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from helpers import opened, resolved
+
 from actors.analytics.settings import MetricsSettings
 from actors.logger import write_batch
 from actors.metrics import load_state_sync
 from actors.store import open_database
-from helpers import opened, resolved
 from supervisor.config import Config, build_config
 from supervisor.report import build_report, format_report
 

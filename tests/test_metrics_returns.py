@@ -9,13 +9,13 @@ from typing import Any
 import empyrical
 import numpy as np
 import pytest
+from conftest import FREQTRADE_JSON, shared_file
+from helpers import resolved
 
 from actors.analytics.settings import MetricsSettings
 from actors.messages import Decision
 from actors.metrics import MetricsState
 from actors.trades import TradeRecord, apply_trade_message
-from conftest import FREQTRADE_JSON, shared_file
-from helpers import resolved
 from importers import load_trade_log
 from supervisor.config import MetricsConfig
 

@@ -36,8 +36,8 @@ def _new_storage(values: Iterable[int]) -> MutableSequence[int]:
 class ScaledColumn:
     """A sequence of integers, each an amount in units of 10**-scale.
 
-    The owner chooses the scale of the whole table (``ScaleTable``), so that
-    every column of it shares one unit.
+    The owner (``TradeSeries``) chooses one scale for all its columns and
+    rescales them together.
     """
 
     __slots__ = ("values",)

@@ -52,9 +52,9 @@ class GroupTable:
         row.add(facts, sign)
         self._documents.pop(key, None)
         if row.empty:
-            # A trade can move between rows (its opening, with the market,
-            # arrives after its resolution); an empty row is dropped so that
-            # the table is the same as one built from the final trades.
+            # A trade moves between rows when its opening, which names the
+            # market, arrives after its resolution. The emptied row is dropped
+            # so that the table equals one built from the final trades.
             del self.rows[key]
             if self._top is not None and key in self._top:
                 self._top = None

@@ -22,6 +22,7 @@ from array import array
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from actors.analytics.columns import MAX_SCALE, ScaledColumn, decimal_places, from_units, to_units
 
@@ -104,8 +105,8 @@ class TradeSeries:
         # Rows that ``_end_state`` covers; while nothing before them changed,
         # a scan goes on from it instead of from a checkpoint.
         self._state_rows = 0
-        self._checkpoints: list[tuple[object, ...]] = [_INITIAL_STATE]
-        self._end_state: tuple[object, ...] = _INITIAL_STATE
+        self._checkpoints: list[tuple[Any, ...]] = [_INITIAL_STATE]
+        self._end_state: tuple[Any, ...] = _INITIAL_STATE
         # Bumped on every change, so that callers can cache what they derive.
         self.version = 0
         # The earliest UTC day whose PnL changed since ``DailyReturns`` last
@@ -140,8 +141,7 @@ class TradeSeries:
 
     def _invalidate(self, index: int) -> None:
         self.version += 1
-        if index < self._valid:
-            self._valid = index
+        self._valid = min(self._valid, index)
 
     def _touch_day(self, day: int) -> None:
         if self.dirty_day is None or day < self.dirty_day:
@@ -189,7 +189,7 @@ class TradeSeries:
         tie = tie_break(trade_id)
         start = bisect_left(self.times, time_us)
         end = bisect_right(self.times, time_us)
-        # Two ids with one CRC at one microsecond are told apart by their values.
+        # Two ids with one CRC at one microsecond are distinguished by their values.
         for index in range(start, end):
             if (
                 self.ties[index] == tie
@@ -223,7 +223,7 @@ class TradeSeries:
     # ------------------------------------------------------------------
     # The scan
 
-    def _ensure(self) -> tuple[object, ...]:
+    def _ensure(self) -> tuple[Any, ...]:
         """Bring the prefix columns and the end state up to date; return the end state."""
         count = len(self.times)
         if self._valid == count and self._state_rows == count:
@@ -237,7 +237,7 @@ class TradeSeries:
         self._valid = self._state_rows = count
         return self._end_state
 
-    def _scan(self, start: int, state: tuple[object, ...]) -> tuple[object, ...]:
+    def _scan(self, start: int, state: tuple[Any, ...]) -> tuple[Any, ...]:
         (cum, gp, wins, losses, peak, peak_us,
          mdd, mdd_peak, mdd_peak_us, mdd_trough_us, mdd_recovered_us,
          pdd, pdd_peak, pdd_peak_us, pdd_trough_us, pdd_recovered_us,
@@ -326,18 +326,21 @@ class TradeSeries:
         return to_units(self.starting_balance, self.scale)
 
     def max_drawdown(self) -> Drawdown:
-        """The largest fall in currency from a running peak of cumulative PnL."""
+        """Return the largest fall in currency from a running peak of cumulative PnL."""
         state = self._ensure()
         amount = state[_MDD]
         peak = state[_MDD_PEAK]
         assert isinstance(amount, int) and isinstance(peak, int)
         base = self.base_units()
-        percent = amount / (base + peak) if base > 0 and amount > 0 else (0.0 if base > 0 else None)
+        percent: float | None = None
+        if base > 0:
+            # A fraction of the balance at the peak: int / int rounds once.
+            percent = amount / (base + peak)
         return Drawdown(amount, peak, state[_MDD_PEAK_US], state[_MDD_TROUGH_US],  # type: ignore[arg-type]
                         state[_MDD_RECOVERED_US], percent)  # type: ignore[arg-type]
 
     def max_drawdown_percent(self) -> Drawdown | None:
-        """The largest fall relative to the balance at its peak, or None without a balance."""
+        """Return the largest fall relative to the balance at its peak, or None without a balance."""
         state = self._ensure()
         if self.base_units() <= 0:
             return None

@@ -93,7 +93,7 @@ def _hold_amount(value: Any) -> Decimal | None:
 
 
 class _MarketOutcome:
-    """What is known about one binary market's result and the bot's HOLDs on it."""
+    """The known result of one binary market and the bot's HOLDs on it."""
 
     __slots__ = ("settled", "holds", "priced", "missed_value")
 
@@ -175,7 +175,7 @@ class MissedOpportunities:
         elif facts.exit_price == 0:
             winner = _BINARY_SIDES[facts.side]
         else:
-            return  # sold before settlement: says nothing about the result
+            return  # sold before settlement, which shows nothing of the result
         entry = self._market(facts.market)
         if entry is None:
             return
@@ -287,7 +287,7 @@ class MetricsState:
     # The document
 
     def snapshot(self) -> dict[str, Any]:
-        """The JSON document that the feed, ``report --json`` and tests share."""
+        """Build the JSON document that the feed, ``report --json`` and tests share."""
         settings = self.settings
         min_trades = settings.min_trades
         if self._total_document is None:

@@ -33,7 +33,12 @@ def classify(pnl: Decimal, stored: str | None, tolerance: Decimal) -> int:
     of 0. An outcome that the bot sent and that contradicts the sign of the
     PnL (a void market refunded less fees, reported as a draw) is kept.
     """
-    by_sign = "win" if pnl > 0 else ("loss" if pnl < 0 else "draw")
+    if pnl > 0:
+        by_sign = "win"
+    elif pnl < 0:
+        by_sign = "loss"
+    else:
+        by_sign = "draw"
     if stored is not None and stored != by_sign:
         return OUTCOME_CODES[stored]
     if pnl > tolerance:
