@@ -275,17 +275,27 @@ def _epoch_us(column: str) -> str:
     )
 
 
-# The columns of ``LEAN_TRADE_COLUMNS``, in order, for the reader's callers.
+# Columns that the metrics read when the ``trades`` table has them: the
+# latest price of an open position, the price the bot expected and the size
+# it requested. A table without them reads NULL.
+OPTIONAL_TRADE_COLUMNS = ("mark_price", "expected_price", "requested_size")
+
+# The columns of each row that ``scan_stored_trades_sync`` passes on, in order.
 LEAN_TRADE_COLUMNS = (
     "trade_id", "status", "strategy", "venue", "market", "side", "market_kind",
     "signal_type", "tags", "size", "entry_price", "fees", "exit_fees", "pnl", "outcome",
-    "probability", "exit_price", "opened_us", "resolved_us",
+    "probability", "exit_price", "opened_us", "resolved_us", *OPTIONAL_TRADE_COLUMNS,
 )
-_LEAN_SELECT = (
-    "SELECT trade_id, status, strategy, venue, market, side, market_kind, signal_type, tags, "
-    "size, entry_price, fees, exit_fees, pnl, outcome, probability, exit_price, "
-    f"{_epoch_us('opened_at')}, {_epoch_us('resolved_at')} FROM {{table}}"
-)
+
+
+def _lean_select(connection: sqlite3.Connection, schema: str) -> str:
+    present = {row[1] for row in connection.execute(f"PRAGMA {schema}.table_info(trades)")}
+    optional = ", ".join(name if name in present else "NULL" for name in OPTIONAL_TRADE_COLUMNS)
+    return (
+        "SELECT trade_id, status, strategy, venue, market, side, market_kind, signal_type, tags, "
+        "size, entry_price, fees, exit_fees, pnl, outcome, probability, exit_price, "
+        f"{_epoch_us('opened_at')}, {_epoch_us('resolved_at')}, {optional} FROM {schema}.trades"
+    )
 
 
 @dataclass
@@ -324,13 +334,13 @@ def scan_stored_trades_sync(
         seq = connection.execute("SELECT seq FROM commit_sequence").fetchone()[0]
         counts = dict(connection.execute("SELECT action, COUNT(*) FROM decisions GROUP BY action"))
 
-        main_select = _LEAN_SELECT.format(table="main.trades")
+        main_select = _lean_select(connection, "main")
         resolved = " WHERE status = 'resolved' ORDER BY resolved_at"
         others = " WHERE status != 'resolved'"
         if has_archive:
             # Archived trades are the older ones, so reading them first keeps
             # the resolutions nearly in time order for the caller.
-            archived = _LEAN_SELECT.format(table="archive.trades") + (
+            archived = _lean_select(connection, "archive") + (
                 " WHERE trade_id NOT IN (SELECT trade_id FROM main.trades)"
             )
             for row in connection.execute(archived + " AND status = 'resolved' ORDER BY resolved_at"):

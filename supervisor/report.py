@@ -165,6 +165,9 @@ def _equity(document: dict[str, Any]) -> list[str]:
         ["Peak equity", notes.cell(equity, "peak", "Peak equity", _money)],
         ["Current drawdown", notes.cell(equity, "current_drawdown", "Current drawdown", _money)],
         ["Current drawdown %", notes.cell(equity, "current_drawdown_percent", "Current drawdown %", _percent)],
+        ["Unrealized PnL (marked)", notes.cell(equity, "unrealized_pnl", "Unrealized PnL", _money)],
+        ["Current equity, marked", notes.cell(equity, "current_marked", "Current equity, marked", _money)],
+        ["Current drawdown, marked", notes.cell(equity, "current_drawdown_marked", "Current drawdown, marked", _money)],
     ]
     for key, label in (("max_drawdown", "Max drawdown"), ("max_drawdown_percent", "Max drawdown by %")):
         drawdown = equity.get(key)
@@ -255,8 +258,10 @@ def _decisions(document: dict[str, Any]) -> list[str]:
         ["Missed wins", _count(missed["missed_wins"])],
         ["Regret rate", notes.cell(missed, "regret_rate", "Regret rate", _percent)],
         ["Missed PnL", notes.cell(missed, "missed_pnl", "Missed PnL", _money)],
-        ["Fill rate", notes.cell(execution, "fill_rate", "Fill rate", _percent)],
+        ["Fill rate (trades)", notes.cell(execution, "fill_rate", "Fill rate", _percent)],
+        ["Fill rate (size)", notes.cell(execution, "size_fill_rate", "Fill rate by size", _percent)],
         ["Slippage", notes.cell(execution, "slippage", "Slippage", _money)],
+        ["Average slippage (bp)", notes.cell(execution, "average_slippage_bps", "Average slippage", _ratio)],
     ]
     return _with_notes(_render(["decisions and execution", "value"], rows), notes)
 

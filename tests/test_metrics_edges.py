@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,8 +16,10 @@ from helpers import BASE_TIME, cancelled, decision, opened, resolved
 
 from actors.analytics.series import TradeSeries
 from actors.analytics.settings import MetricsSettings
+from actors.logger import write_batch
 from actors.messages import Decision, Message, dumps
-from actors.metrics import MetricsState
+from actors.metrics import MetricsState, load_state_sync
+from actors.store import open_database
 from actors.trades import TradeRecord, apply_trade_message
 from supervisor.config import ConfigError, MetricsConfig, build_config
 
@@ -336,3 +341,65 @@ def test_breakdowns_by_tag_and_venue() -> None:
     assert document["by_tag"]["fast"]["realized_pnl"] == 2.0
     assert set(document["by_venue"]) == {"kalshi", "polymarket"}
     assert document["by_signal_type"]["breakout"]["losses"] == 1
+
+
+# ---------------------------------------------------------------------------
+# Fields that trade records do not have yet: a mark, an expected price and a
+# requested size. A subclass stands in for the record that will carry them.
+
+
+@dataclass(frozen=True, slots=True)
+class MarkedRecord(TradeRecord):
+    mark_price: Decimal | None = None
+    expected_price: Decimal | None = None
+    requested_size: Decimal | None = None
+
+
+def marked(trade_id: str, **fields: Any) -> MarkedRecord:
+    base = apply_trade_message(None, opened(trade_id))
+    values = {name: getattr(base, name) for name in base.__dataclass_fields__}
+    return MarkedRecord(**{**values, **fields})
+
+
+def test_open_position_marked_to_market() -> None:
+    state = MetricsState(MetricsSettings.from_config(MetricsConfig(starting_balance=100)))
+    # 10 shares bought at 0.96 with 0.03 of fees, now quoted at 0.90.
+    state.apply_change(None, marked("a", mark_price=Decimal("0.90")))
+    equity = state.snapshot()["equity"]
+    assert equity["unrealized_pnl"] == -0.63
+    assert equity["current_marked"] == 99.37
+    assert equity["current_drawdown_marked"] == 0.63
+    assert state.snapshot()["marked_open"] == 1
+
+
+def test_slippage_against_expected() -> None:
+    state = MetricsState()
+    state.apply_change(None, marked("a", expected_price=Decimal("0.95")))
+    state.apply_change(None, marked("b", side="short", market_kind="linear", entry_price=Decimal("100"),
+                                    expected_price=Decimal("101"), size=Decimal(2)))
+    execution = state.snapshot()["execution"]
+    # The buy paid 0.01 more on 10 shares; the short sold 1 lower on 2.
+    assert execution["slippage"] == 2.1
+    assert execution["average_slippage_bps"] == pytest.approx((100 / 0.95 + 10_000 / 101) / 2, abs=1e-3)
+
+
+def test_fill_rate_by_size() -> None:
+    state = MetricsState()
+    state.apply_change(None, marked("a", requested_size=Decimal(20)))
+    assert state.snapshot()["execution"]["size_fill_rate"] == 0.5
+
+
+async def test_loader_reads_optional_columns(tmp_path: Path) -> None:
+    database, archive = tmp_path / "t.sqlite", tmp_path / "a.sqlite"
+    connection = await open_database(database, archive)
+    await write_batch(connection, [opened("a")])
+    await connection.close()
+    with sqlite3.connect(database) as raw:
+        for column in ("mark_price", "expected_price", "requested_size"):
+            raw.execute(f"ALTER TABLE trades ADD COLUMN {column} TEXT")
+        raw.execute("UPDATE trades SET mark_price = '0.90', expected_price = '0.95', requested_size = '20'")
+    _, state = load_state_sync(database, archive)
+    document = state.snapshot()
+    assert document["equity"]["unrealized_pnl"] == -0.63
+    assert document["execution"]["slippage"] == 0.1
+    assert document["execution"]["size_fill_rate"] == 0.5

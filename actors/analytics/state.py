@@ -21,7 +21,7 @@ from actors.analytics.groups import GroupTable
 from actors.analytics.returns import DailyReturns
 from actors.analytics.series import LOSS, WIN, TradeSeries
 from actors.analytics.settings import MetricsSettings
-from actors.analytics.stats import Stats, TradeFacts
+from actors.analytics.stats import ExecutionStats, Stats, TradeFacts
 from actors.analytics.values import MONEY_CONTEXT, ZERO, Figures, money, ratio
 from actors.messages import Decision, format_time
 from actors.trades import TradeRecord
@@ -40,12 +40,17 @@ def epoch_us(value: datetime | None) -> int | None:
 
 
 def facts_from_record(record: TradeRecord, tolerance: Decimal) -> TradeFacts:
+    # NOTE: TradeRecord has no mark, expected price or requested size yet;
+    # they read as None until trade messages carry them.
     return TradeFacts(
         record.trade_id, record.status, record.strategy, record.venue, record.market,
         record.side, record.market_kind, record.signal_type, record.tags,
         record.size, record.entry_price, record.fees, record.exit_fees, record.pnl,
         record.outcome, record.probability, record.exit_price,
         epoch_us(record.opened_at), epoch_us(record.resolved_at), tolerance,
+        getattr(record, "mark_price", None),
+        getattr(record, "expected_price", None),
+        getattr(record, "requested_size", None),
     )
 
 
@@ -72,13 +77,14 @@ def facts_from_row(row: tuple[Any, ...], tolerance: Decimal) -> TradeFacts:
     """Build facts from a row of ``store.LEAN_TRADE_COLUMNS``."""
     (trade_id, status, strategy, venue, market, side, market_kind, signal_type, tags,
      size, entry_price, fees, exit_fees, pnl, outcome, probability, exit_price,
-     opened_us, resolved_us) = row
+     opened_us, resolved_us, mark_price, expected_price, requested_size) = row
     return TradeFacts(
         trade_id, status, strategy, venue, market, side, market_kind, signal_type,
         _tags(tags),
         _decimal(size), _decimal(entry_price), Decimal(fees) if fees else ZERO,
         Decimal(exit_fees) if exit_fees else ZERO, _decimal(pnl), outcome,
         _decimal(probability), _decimal(exit_price), opened_us, resolved_us, tolerance,
+        _decimal(mark_price), _decimal(expected_price), _decimal(requested_size),
     )
 
 
@@ -217,6 +223,7 @@ class MetricsState:
         self.by_hour = [Stats() for _ in range(24)]
         self.by_weekday = [Stats() for _ in range(7)]
         self.forecast = ForecastStats()
+        self.execution = ExecutionStats()
         self.missed = MissedOpportunities(settings.max_markets)
         self.series = TradeSeries(settings.starting_balance)
         self.returns = DailyReturns(
@@ -237,6 +244,7 @@ class MetricsState:
         """Add one trade state's contribution to every sum (``sign`` 1) or take it out (-1)."""
         self.total.add(facts, sign)
         self._total_document = None
+        self.execution.add(facts, sign)
         self.by_strategy.add(facts.strategy, facts, sign)
         self.by_venue.add(facts.venue, facts, sign)
         if facts.signal_type is not None:
@@ -346,6 +354,13 @@ class MetricsState:
         figures = Figures()
         figures.set("starting_balance", money(self.settings.starting_balance))
         figures.set("current", money(series.amount(base + cumulative)))
+        # Open positions at the price the bot last reported for them.
+        unrealized = self.total.unrealized
+        figures.set("unrealized_pnl", money(unrealized))
+        marked = MONEY_CONTEXT.add(series.amount(base + cumulative), unrealized)
+        figures.set("current_marked", money(marked))
+        marked_drop = MONEY_CONTEXT.subtract(series.amount(base + peak), marked)
+        figures.set("current_drawdown_marked", money(max(ZERO, marked_drop)))
         figures.set("peak", money(series.amount(base + peak)))
         figures.set("peak_at", clock.format(peak_us))
         drop = peak - cumulative
@@ -396,9 +411,7 @@ class MetricsState:
             figures.set("fill_rate", ratio(filled / (filled + total.cancelled)))
         else:
             figures.undefined("fill_rate", "no_trades")
-        # NOTE: slippage needs the price the bot expected, which trade
-        # messages do not carry yet.
-        figures.undefined("slippage", "no_expected_price")
+        self.execution.figures(figures.values, figures.reasons)
         return figures.to_dict()
 
     def _windows(self) -> dict[str, Any]:
@@ -473,6 +486,7 @@ class Bulk:
         if cell is None:
             cell = self.cells[key] = Stats()
         cell.add(facts, 1)
+        state.execution.add(facts, 1)
         state.by_market.add(facts.market, facts, 1)
         if facts.opened_us is not None:
             hour, weekday = state.clock.hour_and_weekday(facts.opened_us)

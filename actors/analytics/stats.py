@@ -55,6 +55,7 @@ class TradeFacts:
         "trade_id", "status", "strategy", "venue", "market", "side", "market_kind",
         "signal_type", "tags", "cost", "risk", "fees", "pnl", "outcome", "r_fixed",
         "opened_us", "resolved_us", "hold_us", "probability", "exit_price",
+        "unrealized", "slippage_cost", "slippage_bps_fixed", "size", "requested_size",
     )
 
     def __init__(
@@ -79,6 +80,9 @@ class TradeFacts:
         opened_us: int | None,
         resolved_us: int | None,
         tolerance: Decimal,
+        mark_price: Decimal | None = None,
+        expected_price: Decimal | None = None,
+        requested_size: Decimal | None = None,
     ) -> None:
         self.trade_id = trade_id
         self.status = status
@@ -118,6 +122,37 @@ class TradeFacts:
             self.outcome = None
             self.r_fixed = None
             self.hold_us = None
+        self._execution(size, entry_price, entry_fees, mark_price, expected_price, requested_size)
+
+    def _execution(
+        self,
+        size: Decimal | None,
+        entry_price: Decimal | None,
+        entry_fees: Decimal,
+        mark_price: Decimal | None,
+        expected_price: Decimal | None,
+        requested_size: Decimal | None,
+    ) -> None:
+        direction = self.direction
+        self.size = size if self.status != "cancelled" else ZERO
+        self.requested_size = requested_size
+        self.unrealized: Decimal | None = None
+        self.slippage_cost: Decimal | None = None
+        self.slippage_bps_fixed: int | None = None
+        if size is None or entry_price is None:
+            return
+        if self.status == "open" and mark_price is not None:
+            # What closing at the mark would realize, the entry fees already paid.
+            move = MONEY_CONTEXT.multiply(MONEY_CONTEXT.subtract(mark_price, entry_price), size)
+            self.unrealized = MONEY_CONTEXT.subtract(move if direction > 0 else -move, entry_fees)
+        if self.status != "cancelled" and expected_price is not None and expected_price > 0:
+            # Positive when the fill was worse than expected: paid more on a
+            # buy, received less on a sale.
+            worse = MONEY_CONTEXT.subtract(entry_price, expected_price)
+            if direction < 0:
+                worse = -worse
+            self.slippage_cost = MONEY_CONTEXT.multiply(worse, size)
+            self.slippage_bps_fixed = to_fixed(float(RATIO_CONTEXT.divide(worse, expected_price)) * 10_000)
 
     @property
     def direction(self) -> int:
@@ -130,7 +165,7 @@ class Stats:
     __slots__ = (
         "open", "resolved", "cancelled", "wins", "losses", "draws",
         "pnl", "gross_profit", "gross_loss", "win_pnl", "loss_pnl", "fees", "exposure",
-        "r_sum", "r_count", "hold_sum", "hold_count",
+        "r_sum", "r_count", "hold_sum", "hold_count", "unrealized", "marked",
     )
 
     def __init__(self) -> None:
@@ -139,6 +174,8 @@ class Stats:
         self.pnl = self.gross_profit = self.gross_loss = ZERO
         self.win_pnl = self.loss_pnl = self.fees = self.exposure = ZERO
         self.r_sum = self.r_count = self.hold_sum = self.hold_count = 0
+        self.unrealized = ZERO
+        self.marked = 0
 
     def add(self, facts: TradeFacts, sign: int) -> None:
         """Add a trade's contribution (``sign`` 1) or take it out (-1)."""
@@ -148,6 +185,9 @@ class Stats:
             self.open += sign
             if facts.cost is not None:
                 self.exposure = add(self.exposure, facts.cost if sign > 0 else -facts.cost)
+            if facts.unrealized is not None:
+                self.marked += sign
+                self.unrealized = add(self.unrealized, facts.unrealized if sign > 0 else -facts.unrealized)
             return
         if status == "cancelled":
             self.cancelled += sign
@@ -183,9 +223,10 @@ class Stats:
         """Add every sum of ``other`` to this one."""
         add = MONEY_CONTEXT.add
         for name in ("open", "resolved", "cancelled", "wins", "losses", "draws",
-                     "r_sum", "r_count", "hold_sum", "hold_count"):
+                     "r_sum", "r_count", "hold_sum", "hold_count", "marked"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        for name in ("pnl", "gross_profit", "gross_loss", "win_pnl", "loss_pnl", "fees", "exposure"):
+        for name in ("pnl", "gross_profit", "gross_loss", "win_pnl", "loss_pnl", "fees", "exposure",
+                     "unrealized"):
             setattr(self, name, add(getattr(self, name), getattr(other, name)))
 
     @property
@@ -253,8 +294,51 @@ class Stats:
             undefined["payoff_ratio"] = "no_winning_trades" if average_win is None else "no_losing_trades"
         document["fees"] = float(self.fees)
         document["open_exposure"] = float(self.exposure)
+        document["unrealized_pnl"] = float(self.unrealized)
+        document["marked_open"] = self.marked
         if self.hold_count:
             document["average_holding_seconds"] = round(self.hold_sum / self.hold_count / 1e6, 3)
         else:
             document["average_holding_seconds"] = None
             undefined["average_holding_seconds"] = "no_opening_time" if self.resolved else "no_trades"
+
+
+class ExecutionStats:
+    """Slippage against the expected price, and filled against requested size, over all trades."""
+
+    __slots__ = ("filled_size", "requested_size", "sized", "slippage_bps", "slippage_cost", "slipped")
+
+    def __init__(self) -> None:
+        self.slipped = 0
+        self.slippage_cost = ZERO
+        self.slippage_bps = 0
+        self.sized = 0
+        self.requested_size = ZERO
+        self.filled_size = ZERO
+
+    def add(self, facts: TradeFacts, sign: int) -> None:
+        add = MONEY_CONTEXT.add
+        if facts.slippage_cost is not None and facts.slippage_bps_fixed is not None:
+            self.slipped += sign
+            self.slippage_cost = add(self.slippage_cost, facts.slippage_cost if sign > 0 else -facts.slippage_cost)
+            self.slippage_bps += sign * facts.slippage_bps_fixed
+        if facts.requested_size is not None and facts.size is not None:
+            self.sized += sign
+            requested, filled = facts.requested_size, facts.size
+            self.requested_size = add(self.requested_size, requested if sign > 0 else -requested)
+            self.filled_size = add(self.filled_size, filled if sign > 0 else -filled)
+
+    def figures(self, document: dict[str, Any], undefined: dict[str, str]) -> None:
+        """Add the slippage and size fill figures to an execution section."""
+        document["slipped_trades"] = self.slipped
+        if self.slipped:
+            document["slippage"] = float(self.slippage_cost)
+            document["average_slippage_bps"] = ratio(from_fixed(self.slippage_bps) / self.slipped, 3)
+        else:
+            document["slippage"] = document["average_slippage_bps"] = None
+            undefined["slippage"] = undefined["average_slippage_bps"] = "no_expected_price"
+        if self.sized and self.requested_size > 0:
+            document["size_fill_rate"] = ratio(decimal_ratio(self.filled_size, self.requested_size))
+        else:
+            document["size_fill_rate"] = None
+            undefined["size_fill_rate"] = "no_requested_size"
