@@ -14,7 +14,6 @@ from decimal import Context, Decimal
 from typing import Any
 
 ZERO = Decimal(0)
-ONE = Decimal(1)
 
 # 80 significant digits: 15 integer digits, 6 more for a million terms, and
 # room for 40 decimal places and more.
@@ -23,15 +22,6 @@ MONEY_CONTEXT = Context(prec=80)
 # Floats are summed as integers in units of 2**-FIXED_BITS.
 FIXED_BITS = 64
 _FIXED_SCALE = float(2**FIXED_BITS)
-
-
-def money_sum(left: Decimal, right: Decimal) -> Decimal:
-    """Return ``left + right`` in the wide money context."""
-    return MONEY_CONTEXT.add(left, right)
-
-
-def money_product(left: Decimal, right: Decimal) -> Decimal:
-    return MONEY_CONTEXT.multiply(left, right)
 
 
 def to_fixed(value: float) -> int:
