@@ -129,8 +129,9 @@ def test_incremental_equals_recomputation(messages: list[Message]) -> None:
     assert comparable(state) == comparable(rebuilt)
 
 
-async def test_database_rebuild_equals_live(tmp_path: Path) -> None:
-    generator = random.Random(7)
+@pytest.mark.parametrize("seed", range(5))
+async def test_database_rebuild_equals_live(tmp_path: Path, seed: int) -> None:
+    generator = random.Random(seed)
     messages: list[Message] = []
     # Hypothesis examples cannot be drawn inside an async test, so the
     # sequence comes from a seeded generator over the same choices.
