@@ -169,13 +169,17 @@ def _equity(document: dict[str, Any]) -> list[str]:
         ["Current equity, marked", notes.cell(equity, "current_marked", "Current equity, marked", _money)],
         ["Current drawdown, marked", notes.cell(equity, "current_drawdown_marked", "Current drawdown, marked", _money)],
     ]
-    for key, label in (("max_drawdown", "Max drawdown"), ("max_drawdown_percent", "Max drawdown by %")):
+    drawdowns = (
+        ("max_drawdown", "Max drawdown (currency)"),
+        ("max_drawdown_percent", "Max drawdown (percent)"),
+    )
+    for key, label in drawdowns:
         drawdown = equity.get(key)
         if drawdown is None:
             rows.append([label, notes.cell(equity, key, label, _text)])
             continue
         rows.append([label, notes.cell(drawdown, "amount", label, _money)])
-        rows.append([f"  {label} %", notes.cell(drawdown, "percent", f"{label} %", _percent)])
+        rows.append(["  of peak equity", notes.cell(drawdown, "percent", f"{label} of peak", _percent)])
         rows.append(["  peak at", drawdown.get("peak_at") or "start"])
         rows.append(["  trough at", drawdown.get("trough_at") or "n/a"])
         rows.append(["  recovered at", drawdown.get("recovered_at") or "not yet"])
