@@ -23,7 +23,7 @@ from actors.analytics.series import LOSS, WIN, TradeSeries
 from actors.analytics.settings import MetricsSettings
 from actors.analytics.stats import ExecutionStats, Stats, TradeFacts
 from actors.analytics.values import MONEY_CONTEXT, ZERO, Figures, money, ratio
-from actors.messages import Decision, format_time
+from actors.messages import Decision
 from actors.trades import TradeRecord
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -302,7 +302,7 @@ class MetricsState:
             self._total_document = self.total.to_dict(min_trades)
         document: dict[str, Any] = {
             "type": "metrics",
-            "generated_at": format_time(datetime.now(UTC)),
+            "generated_at": datetime.now(UTC).astimezone(settings.zone).isoformat(),
             **self._total_document,
         }
         equity = self._equity()
