@@ -166,3 +166,34 @@ async def test_actor_coalesces_publishes(tmp_path: Path, autojump_clock: trio.ab
     # published one interval after it.
     assert published[1]["open"] == 2
     assert trio.current_time() - started >= 10.0
+
+
+async def test_actor_rebuilds_on_missed_commit(tmp_path: Path) -> None:
+    database, archive = tmp_path / "t.sqlite", tmp_path / "a.sqlite"
+    connection = await open_database(database, archive)
+    await write_batch(connection, [opened("a"), resolved("a", "2")])
+
+    published: list[dict[str, Any]] = []
+    rebuilt = trio.Event()
+
+    def publish(document: dict[str, Any]) -> None:
+        published.append(document)
+        if document["resolved"] == 2:
+            rebuilt.set()
+
+    inbox: Backlog[Committed] = Backlog("metrics")
+    config = MetricsConfig(publish_interval=0.0)
+    # The real clock: the rebuild runs in a thread, which a mock clock would
+    # count as idle time and jump past.
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_metrics, config, inbox, database, archive, publish)
+        # The notification of this commit never arrives; the next one does.
+        await write_batch(connection, [opened("b"), resolved("b", "-1")])
+        later = await write_batch(connection, [opened("c")])
+        inbox.put(later)
+        with trio.fail_after(30):
+            await rebuilt.wait()
+        nursery.cancel_scope.cancel()
+    await connection.close()
+    assert published[-1]["realized_pnl"] == 1.0
+    assert published[-1]["open"] == 1
