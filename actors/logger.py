@@ -72,6 +72,9 @@ class Committed:
     # Each changed trade as (state before, state after); before is None for a new trade.
     changes: list[tuple[TradeRecord | None, TradeRecord]]
     decisions: list[Decision]
+    # True for the logger's announcement at start, which carries no changes:
+    # a consumer that has not seen ``seq`` yet missed a commit and must rebuild.
+    resync: bool = False
 
     @property
     def trades(self) -> list[TradeRecord]:
@@ -389,7 +392,15 @@ async def run_logger(
     journal = Journal(config.journal_path(database))
     logger = _Logger(config, inbox, connection, journal, on_commit, on_alert)
     try:
-        log.info("logger: started on %s", database)
+        # Announce the latest commit. If the previous incarnation failed
+        # between a commit and its notification, downstream sees the gap now
+        # instead of at the next commit, which may never come.
+        cursor = await connection.execute("SELECT seq FROM commit_sequence")
+        rows = await cursor.fetchall()
+        await cursor.close()
+        seq = int(rows[0][0])
+        on_commit(Committed(seq, [], [], resync=True))
+        log.info("logger: started on %s at commit %d", database, seq)
         task_status.started()
         while True:
             batch: list[Envelope] | None = None

@@ -98,14 +98,14 @@ async def run_metrics(
         for committed in batch:
             if committed.seq <= last_seq:
                 continue
-            if committed.seq > last_seq + 1:
+            if committed.seq > last_seq + 1 or committed.resync:
                 # A commit never reached this actor (the logger failed between
                 # its commit and the notification): the state would be
                 # wrong from here on, so rebuild it from the database.
                 log.warning(
-                    "metrics: commits %d to %d were missed; rebuilding from the database",
-                    last_seq + 1,
-                    committed.seq - 1,
+                    "metrics: missed commits after %d up to %d; rebuilding from the database",
+                    last_seq,
+                    committed.seq,
                 )
                 last_seq, state = await trio.to_thread.run_sync(
                     load_state_sync, database, archive, settings

@@ -98,14 +98,15 @@ class Service:
     # -- wiring ---------------------------------------------------------------
 
     def _on_commit(self, committed: Committed) -> None:
-        if self._last_seq is not None and committed.seq > self._last_seq + 1:
+        missed = committed.seq > self._last_seq + 1 if self._last_seq is not None else False
+        if missed or (committed.resync and committed.seq != self._last_seq):
             # The logger failed between a commit and this notification. Metrics
             # notices the gap in the sequence and rebuilds from the database;
             # the notifier and reflection miss those trades.
             log.warning(
-                "service: commits %d to %d were not passed on; metrics will rebuild",
-                self._last_seq + 1,
-                committed.seq - 1,
+                "service: commits after %s up to %d were not passed on; metrics will rebuild",
+                self._last_seq,
+                committed.seq,
             )
         self._last_seq = committed.seq
         if self.config.metrics.enabled:
