@@ -24,7 +24,7 @@ import sqlite_anyio
 import trio
 
 from actors.journal import Journal
-from actors.messages import Decision, Message, dumps, format_time, message_to_dict
+from actors.messages import Decision, Message, TradeMarked, dumps, format_time, message_to_dict
 from actors.store import TRADE_SELECT, TRADE_UPSERT, open_database
 from actors.trades import TradeRecord, apply_trade_message, record_to_row, row_to_record
 from supervisor.config import LoggerConfig
@@ -166,6 +166,9 @@ async def write_batch(
             if isinstance(message, Decision):
                 continue
             before = current.get(message.trade_id)
+            if before is None and isinstance(message, TradeMarked):
+                log.info("logger: ignored a mark for unknown trade %s", message.trade_id)
+                continue
             after = apply_trade_message(before, message)
             if after != before:
                 current[message.trade_id] = after

@@ -112,6 +112,23 @@ class TradeOpened:
     probability: Decimal | None = None
     signal_type: str | None = None
     tags: tuple[str, ...] = ()
+    # The price the bot expected to pay and the size it asked for, for
+    # slippage and fill rate.
+    expected_price: Decimal | None = None
+    requested_size: Decimal | None = None
+
+    @property
+    def key(self) -> str:
+        return self.trade_id
+
+
+@dataclass(frozen=True, slots=True)
+class TradeMarked:
+    """The current price of an open position, for marking it to market."""
+
+    trade_id: str
+    price: Decimal
+    marked_at: datetime
 
     @property
     def key(self) -> str:
@@ -147,14 +164,15 @@ class TradeCancelled:
         return self.trade_id
 
 
-Message: TypeAlias = Decision | TradeOpened | TradeResolved | TradeCancelled
-TradeMessage: TypeAlias = TradeOpened | TradeResolved | TradeCancelled
+Message: TypeAlias = Decision | TradeOpened | TradeResolved | TradeCancelled | TradeMarked
+TradeMessage: TypeAlias = TradeOpened | TradeResolved | TradeCancelled | TradeMarked
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     "decision": Decision,
     "trade_opened": TradeOpened,
     "trade_resolved": TradeResolved,
     "trade_cancelled": TradeCancelled,
+    "trade_marked": TradeMarked,
 }
 TYPE_NAMES: dict[type[Message], str] = {cls: name for name, cls in MESSAGE_TYPES.items()}
 
@@ -431,6 +449,13 @@ def _parse_opened(data: Mapping[str, Any]) -> TradeOpened:
     size = _decimal(data, "size", positive=True)
     fees = _decimal(data, "fees", required=False, minimum=Decimal(0))
     assert size is not None
+    expected_price = _decimal(data, "expected_price", required=False, positive=True)
+    if market_kind == "binary" and expected_price is not None and expected_price > 1:
+        raise InvalidMessage(
+            "expected_price",
+            data.get("expected_price"),
+            "a binary market's price lies in (0, 1]; convert cents to dollars",
+        )
     return TradeOpened(
         trade_id=_required_text(data, "trade_id"),
         venue=_required_text(data, "venue"),
@@ -445,6 +470,18 @@ def _parse_opened(data: Mapping[str, Any]) -> TradeOpened:
         probability=_probability(data, "probability"),
         signal_type=_text(data, "signal_type", required=False),
         tags=_tags(data),
+        expected_price=expected_price,
+        requested_size=_decimal(data, "requested_size", required=False, positive=True),
+    )
+
+
+def _parse_marked(data: Mapping[str, Any]) -> TradeMarked:
+    price = _decimal(data, "price", minimum=Decimal(0))
+    assert price is not None
+    return TradeMarked(
+        trade_id=_required_text(data, "trade_id"),
+        price=price,
+        marked_at=_time(data, "marked_at"),
     )
 
 
@@ -482,6 +519,7 @@ _PARSERS = {
     "trade_opened": _parse_opened,
     "trade_resolved": _parse_resolved,
     "trade_cancelled": _parse_cancelled,
+    "trade_marked": _parse_marked,
 }
 
 

@@ -18,7 +18,7 @@ import trio
 
 from actors.trades import TRADE_COLUMNS, TradeRecord, row_to_record
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Migrations by the version they produce. A database at version N runs every
 # script above N in order, each in its own transaction.
@@ -44,9 +44,15 @@ CREATE TABLE IF NOT EXISTS {schema}trades (
     exit_fees TEXT,
     resolved_at TEXT,
     cancelled_at TEXT,
-    cancel_reason TEXT
+    cancel_reason TEXT,
+    mark_price TEXT,
+    expected_price TEXT,
+    requested_size TEXT
 )
 """
+
+# Columns added after version 1, for tables created before them.
+ADDED_TRADE_COLUMNS = ("mark_price", "expected_price", "requested_size")
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -99,6 +105,8 @@ MIGRATIONS: dict[int, list[str]] = {
         )
         """,
     ],
+    # Version 3 adds the columns of ADDED_TRADE_COLUMNS; see _add_trade_columns.
+    3: [],
 }
 
 TRADE_SELECT = f"SELECT {', '.join(TRADE_COLUMNS)} FROM {{table}}"
@@ -135,6 +143,14 @@ def _check_path(path: Path) -> None:
             ) from None
 
 
+def _add_trade_columns(connection: sqlite3.Connection, schema: str) -> None:
+    """Add the trade columns that a table created by an older version lacks."""
+    present = {row[1] for row in connection.execute(f"PRAGMA {schema}.table_info(trades)")}
+    for column in ADDED_TRADE_COLUMNS:
+        if column not in present:
+            connection.execute(f"ALTER TABLE {schema}.trades ADD COLUMN {column} TEXT")
+
+
 def migrate_sync(connection: sqlite3.Connection, path: Path, *, check_writable: bool = True) -> None:
     """Bring the schema of an open stdlib connection to ``SCHEMA_VERSION``."""
     try:
@@ -151,6 +167,8 @@ def migrate_sync(connection: sqlite3.Connection, path: Path, *, check_writable: 
                 continue
             for statement in MIGRATIONS[target]:
                 connection.execute(statement)
+            if target == 3:
+                _add_trade_columns(connection, "main")
             connection.execute("INSERT INTO schema_version (version) VALUES (?)", (target,))
         if check_writable:
             # A write that changes nothing: a read-only file or folder fails
@@ -186,6 +204,7 @@ def prepare_archive_sync(path: Path) -> None:
         try:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute(TRADES_TABLE.format(schema=""))
+            _add_trade_columns(connection, "main")
             connection.commit()
         finally:
             connection.close()

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from actors.messages import (
     TradeCancelled,
+    TradeMarked,
     TradeMessage,
     TradeOpened,
     TradeResolved,
@@ -59,6 +60,11 @@ class TradeRecord:
     resolved_at: datetime | None = None
     cancelled_at: datetime | None = None
     cancel_reason: str | None = None
+    # Latest price reported for an open position, and the bot's expected
+    # entry price and requested size.
+    mark_price: Decimal | None = None
+    expected_price: Decimal | None = None
+    requested_size: Decimal | None = None
 
     @property
     def ended_at(self) -> datetime | None:
@@ -96,6 +102,8 @@ def apply_trade_message(record: TradeRecord | None, message: TradeMessage) -> Tr
             "probability": message.probability,
             "signal_type": message.signal_type,
             "tags": message.tags,
+            "expected_price": message.expected_price,
+            "requested_size": message.requested_size,
         }
         if record is None:
             return TradeRecord(trade_id=message.trade_id, status="open", **opening)
@@ -118,6 +126,13 @@ def apply_trade_message(record: TradeRecord | None, message: TradeMessage) -> Tr
             return TradeRecord(trade_id=message.trade_id, **resolution)  # type: ignore[arg-type]
         return dataclasses.replace(record, **resolution)  # type: ignore[arg-type]
 
+    if isinstance(message, TradeMarked):
+        # A mark only matters while the position is open; a mark for a trade
+        # not yet known is dropped by the caller.
+        if record is None or record.status != "open":
+            return record  # type: ignore[return-value]
+        return dataclasses.replace(record, mark_price=message.price)
+
     assert isinstance(message, TradeCancelled)
     if record is not None and record.status != "open":
         return record
@@ -138,7 +153,18 @@ def apply_trade_message(record: TradeRecord | None, message: TradeMessage) -> Tr
 
 TRADE_COLUMNS = tuple(f.name for f in dataclasses.fields(TradeRecord))
 _DECIMAL_COLUMNS = frozenset(
-    {"size", "entry_price", "fees", "probability", "exit_price", "pnl", "exit_fees"}
+    {
+        "size",
+        "entry_price",
+        "fees",
+        "probability",
+        "exit_price",
+        "pnl",
+        "exit_fees",
+        "mark_price",
+        "expected_price",
+        "requested_size",
+    }
 )
 _TIME_COLUMNS = frozenset({"opened_at", "resolved_at", "cancelled_at"})
 

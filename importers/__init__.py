@@ -30,6 +30,7 @@ from actors.messages import (
     Decision,
     Message,
     TradeCancelled,
+    TradeMarked,
     TradeOpened,
     TradeResolved,
 )
@@ -81,6 +82,8 @@ def event_time(message: Message) -> datetime:
         return message.resolved_at
     if isinstance(message, TradeCancelled):
         return message.cancelled_at
+    if isinstance(message, TradeMarked):
+        return message.marked_at
     raise TypeError(f"not a tradepulse message: {message!r}")
 
 

@@ -45,7 +45,7 @@ async def test_wal_mode_and_schema_version(tmp_path: Path) -> None:
     cursor = await connection.execute("PRAGMA journal_mode")
     assert (await cursor.fetchone()) == ("wal",)
     await connection.close()
-    assert rows(tmp_path / "t.sqlite", "SELECT MAX(version) FROM schema_version") == [(2,)]
+    assert rows(tmp_path / "t.sqlite", "SELECT MAX(version) FROM schema_version") == [(3,)]
 
 
 async def test_duplicate_trade_stored_once(tmp_path: Path) -> None:
@@ -140,3 +140,42 @@ async def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
         raise AssertionError("the failing write did not raise")
     await connection.close()
     assert rows(database, "SELECT COUNT(*) FROM trades") == [(0,)]
+
+
+async def test_mark_updates_open_trade(tmp_path: Path) -> None:
+    from actors.messages import parse_message
+
+    connection = await open_database(tmp_path / "t.sqlite", tmp_path / "a.sqlite")
+    mark = parse_message(
+        {"type": "trade_marked", "trade_id": "t1", "price": "0.97", "marked_at": "2026-07-01T12:05:00Z"}
+    )
+    unknown = await write_batch(connection, [mark])
+    await write_batch(connection, [opened("t1", expected_price="0.95", requested_size="20"), mark])
+    await connection.close()
+    assert unknown.trades == []
+    assert rows(tmp_path / "t.sqlite", "SELECT mark_price, expected_price, requested_size FROM trades") == [
+        ("0.97", "0.95", "20")
+    ]
+
+
+def test_old_database_gains_columns(tmp_path: Path) -> None:
+    import sqlite3 as stdlib
+
+    from actors.store import TRADES_TABLE, open_sync
+
+    path = tmp_path / "old.sqlite"
+    connection = stdlib.connect(path)
+    old_table = TRADES_TABLE.format(schema="").replace(
+        ",\n    mark_price TEXT,\n    expected_price TEXT,\n    requested_size TEXT", ""
+    )
+    connection.execute(old_table)
+    connection.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    connection.execute("INSERT INTO schema_version VALUES (2)")
+    connection.execute("CREATE TABLE commit_sequence (seq INTEGER NOT NULL)")
+    connection.execute("INSERT INTO commit_sequence VALUES (0)")
+    connection.commit()
+    connection.close()
+    open_sync(path).close()
+    columns = [row[1] for row in rows(path, "PRAGMA table_info(trades)")]
+    assert columns[-3:] == ["mark_price", "expected_price", "requested_size"]
+    assert rows(path, "SELECT MAX(version) FROM schema_version") == [(3,)]

@@ -395,8 +395,6 @@ async def test_loader_reads_optional_columns(tmp_path: Path) -> None:
     await write_batch(connection, [opened("a")])
     await connection.close()
     with sqlite3.connect(database) as raw:
-        for column in ("mark_price", "expected_price", "requested_size"):
-            raw.execute(f"ALTER TABLE trades ADD COLUMN {column} TEXT")
         raw.execute("UPDATE trades SET mark_price = '0.90', expected_price = '0.95', requested_size = '20'")
     _, state = load_state_sync(database, archive)
     document = state.snapshot()

@@ -239,3 +239,21 @@ async def test_oversized_array_rejected(tmp_path: Path) -> None:
     assert "at most 10000" in too_many["error"]
     assert all_bad["rejected_count"] == 500
     assert len(all_bad["rejected"]) == 100
+
+
+async def test_mark_to_market_reaches_feed(tmp_path: Path) -> None:
+    from actors.messages import parse_message
+
+    config = make_config(tmp_path)
+    async with running(config) as service:
+        await service.intake.submit(opened("t1", fees="0"))
+        mark = parse_message(
+            {"type": "trade_marked", "trade_id": "t1", "price": "0.90", "marked_at": "2026-07-01T12:05:00Z"}
+        )
+        envelope = await service.intake.submit(mark)
+        await envelope.committed.wait()
+        with trio.fail_after(5):
+            while ((service.hub.latest_metrics or {}).get("equity") or {}).get("unrealized_pnl") != -0.6:
+                await trio.sleep(0.01)
+    assert service.hub.latest_metrics is not None
+    assert service.hub.latest_metrics["open"] == 1
