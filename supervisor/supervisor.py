@@ -378,11 +378,17 @@ class Supervisor:
 
             async def on_kill() -> None:
                 await status.kill_requested.wait()
+                if status.state is ActorState.STOPPING:
+                    # A stop overtook the kill; failing now would turn a clean
+                    # stop into an error.
+                    return
                 status.kills += 1
                 raise ActorKilled(status.kill_reason or "killed on request")
 
             async def on_bounce() -> None:
                 await status.bounce_requested.wait()
+                if status.state is ActorState.STOPPING:
+                    return
                 raise _Bounced("an actor started before it restarted")
 
             nursery.start_soon(on_kill)

@@ -127,6 +127,9 @@ async def test_actor_rebuilds_and_publishes(tmp_path: Path, autojump_clock: trio
     config = MetricsConfig(publish_interval=0.0)
     async with trio.open_nursery() as nursery:
         await nursery.start(run_metrics, config, inbox, database, archive, published.append)
+        # The actor is ready before its rebuild, so the first snapshot follows.
+        while not published:
+            await trio.sleep(0.01)
         assert published[-1]["resolved"] == 1
         assert published[-1]["open"] == 1
         assert published[-1]["decisions"] == {"trade": 0, "hold": 1}
