@@ -192,7 +192,8 @@ class ServiceProbe:
         environment = {
             **os.environ,
             "TRADEPULSE_DATA_DIR": str(folder),
-            "TRADEPULSE_FEED_PORT": "0",
+            # Any free port, unless the caller confines the benchmark to one.
+            "TRADEPULSE_FEED_PORT": os.environ.get("TRADEPULSE_FEED_PORT", "0"),
             "TRADEPULSE_INGEST_TOKEN": "bench-token",
         }
         config = folder / "bench.toml"
