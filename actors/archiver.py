@@ -24,6 +24,7 @@ import trio
 from actors.messages import format_time
 from actors.store import TRADE_COLUMNS, open_database, prepare_archive_sync
 from supervisor.config import ArchiverConfig
+from supervisor.supervisor import busy
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +90,10 @@ async def run_archiver(
         )
         task_status.started()
         while True:
-            moved = await archive_once(
-                connection, config.retention_days, config.chunk_size, datetime.now(UTC)
-            )
+            with busy():
+                moved = await archive_once(
+                    connection, config.retention_days, config.chunk_size, datetime.now(UTC)
+                )
             if moved:
                 log.info("archiver: run finished, %d trades moved", moved)
             await trio.sleep(config.interval)

@@ -133,20 +133,25 @@ async def _ingest(connection: WebSocketConnection, intake: Intake, peer: str) ->
                 owed -= 1
                 intake.pending_replies -= 1
 
+    reading = trio.CancelScope()
+
     async def read_requests() -> None:
         nonlocal owed
         async with replies_send:
-            while True:
-                text = await connection.get_message()
-                request = await _handle_request(text, intake)
-                owed += 1
-                intake.pending_replies += 1
-                await replies_send.send(request)
+            with reading:
+                while True:
+                    text = await connection.get_message()
+                    request = await _handle_request(text, intake)
+                    owed += 1
+                    intake.pending_replies += 1
+                    await replies_send.send(request)
 
     async def close_at_shutdown() -> None:
-        # Once the intake closes, send the replies still owed, then close with
-        # 1001 so that the bot can tell that every earlier reply has arrived.
+        # Once the intake closes, stop reading, send the replies still owed,
+        # then close with 1001 so that the bot can tell that every earlier
+        # reply has arrived.
         await intake.closed.wait()
+        reading.cancel()
         while owed:
             await trio.sleep(0.01)
         with trio.move_on_after(CLOSE_TIMEOUT):

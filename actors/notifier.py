@@ -26,6 +26,7 @@ import trio
 from actors.trades import TradeRecord, outcome_of
 from supervisor.config import NotifierConfig
 from supervisor.mailbox import DropQueue
+from supervisor.supervisor import busy
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,10 @@ class _TelegramChat:
 
         while True:
             try:
-                response = await self._client.post(self._url, json=payload)
+                # One request is one unit of work: a Bot API that accepts the
+                # connection and never answers makes the actor count as hung.
+                with busy():
+                    response = await self._client.post(self._url, json=payload)
             except httpx.HTTPError as error:
                 failures += 1
                 reason = f"{type(error).__name__}: {self._redact(str(error))}"

@@ -35,6 +35,7 @@ from actors.store import open_database
 from actors.trades import TradeRecord, outcome_of
 from supervisor.config import ReflectionConfig
 from supervisor.mailbox import DropQueue
+from supervisor.supervisor import busy
 
 log = logging.getLogger(__name__)
 
@@ -425,7 +426,8 @@ async def _reflect_forever(
         # The client's timeout applies to each attempt; this deadline makes
         # config.timeout the limit for the whole request, retries included.
         with trio.move_on_after(config.timeout) as deadline:
-            insights = await reflect(client, config.model, records)
+            with busy():
+                insights = await reflect(client, config.model, records)
         if deadline.cancelled_caught:
             log.warning(
                 "reflection: request to %s timed out after %s s, retries included; "

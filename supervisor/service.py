@@ -40,8 +40,10 @@ log = logging.getLogger(__name__)
 # Interval at which shutdown checks whether a queue has drained (seconds).
 _DRAIN_POLL = 0.01
 
-# Minimum time between two status documents on the feed (seconds).
+# Minimum time between two status documents on the feed, and the longest
+# time before counts and queue depths in it are refreshed (seconds).
 _STATUS_INTERVAL = 0.5
+_STATUS_REFRESH = 1.0
 
 
 def load_or_create_token(path: Path) -> str:
@@ -278,9 +280,16 @@ class Service:
 
     async def _publish_status(self) -> None:
         """Publish actor states on the feed when they change, at most twice a second."""
+        published: dict[str, Any] | None = None
         while True:
-            self.hub.publish(self.status())
-            await self.supervisor.changed.wait()
+            status = self.status()
+            if status != published:
+                self.hub.publish(status)
+                published = status
+            # Actor changes wake this at once; intake counts and queue
+            # depths are refreshed once a second.
+            with trio.move_on_after(_STATUS_REFRESH):
+                await self.supervisor.changed.wait()
             await trio.sleep(_STATUS_INTERVAL)
 
     async def _shutdown(self) -> None:

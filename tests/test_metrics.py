@@ -157,6 +157,9 @@ async def test_actor_coalesces_publishes(tmp_path: Path, autojump_clock: trio.ab
     config = MetricsConfig(publish_interval=10.0)
     async with trio.open_nursery() as nursery:
         await nursery.start(run_metrics, config, inbox, database, archive, published.append)
+        # The rebuild runs in a worker thread after the start; wait for its snapshot.
+        while not published:
+            await trio.sleep(0.01)
         started = trio.current_time()
         inbox.put(Committed(1, [(None, first)], []))
         await trio.sleep(1)

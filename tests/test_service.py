@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket
 from actors.messages import message_to_dict
 from helpers import opened, resolved
 from supervisor.config import Config, build_config
+from actors.notifier import Notification
 from supervisor.service import Service
 
 
@@ -257,3 +259,28 @@ async def test_mark_to_market_reaches_feed(tmp_path: Path) -> None:
                 await trio.sleep(0.01)
     assert service.hub.latest_metrics is not None
     assert service.hub.latest_metrics["open"] == 1
+
+
+async def test_hung_telegram_restarts_notifier(tmp_path: Path) -> None:
+    async def never_answer(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as servers:
+        listeners = await servers.start(
+            functools.partial(trio.serve_tcp, never_answer, 0, host="127.0.0.1")
+        )
+        port = listeners[0].socket.getsockname()[1]
+        config = make_config(
+            tmp_path,
+            notifier={"api_base": f"http://127.0.0.1:{port}", "chat_id": "42", "timeout": 30.0},
+            supervisor={"progress_deadline": 0.3, "restart_backoff": 0.01},
+        )
+        config.notifier.bot_token.__init__("123:secret-token")  # type: ignore[misc]
+        async with running(config) as service:
+            service.notifications.offer(Notification("info", "hello"))
+            status = service.supervisor.actors["notifier"]
+            with trio.fail_after(10):
+                while status.restarts < 1:
+                    await trio.sleep(0.01)
+        servers.cancel_scope.cancel()
+    assert status.last_error == "ActorHung: no progress for 0.3 s"
