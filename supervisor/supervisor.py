@@ -366,6 +366,16 @@ class Supervisor:
             if not ready:
                 raise ActorStartError(status.name, error) from error
             return _unwrap(error)
+        except BaseExceptionGroup as group:
+            # A stop that races with a kill, a restart request or a missed
+            # deadline leaves that error beside the cancellation. The stop
+            # wins: drop the error and let the cancellation end the actor.
+            if status.state is not ActorState.STOPPING:
+                raise
+            _, rest = group.split((ActorKilled, ActorHung, _Bounced))
+            if rest is not None:
+                raise rest from None
+            return None
         finally:
             _current_health.reset(token)
         if not ready:
