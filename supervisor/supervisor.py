@@ -372,7 +372,10 @@ class Supervisor:
             # wins: drop the error and let the cancellation end the actor.
             if status.state is not ActorState.STOPPING:
                 raise
-            _, rest = group.split((ActorKilled, ActorHung, _Bounced))
+            dropped, rest = group.split((ActorKilled, ActorHung, _Bounced))
+            if dropped is not None and dropped.subgroup(ActorKilled) is not None:
+                # The kill made no actor fail, so it does not count as carried out.
+                status.kills -= 1
             if rest is not None:
                 raise rest from None
             return None
