@@ -396,7 +396,7 @@ async def run_logger(
     logger = _Logger(config, inbox, connection, journal, on_commit, on_alert)
     try:
         # Announce the latest commit. If the previous incarnation failed
-        # between a commit and its notification, downstream sees the gap now
+        # between a commit and its notification, downstream detects the gap now
         # instead of at the next commit, which may never come.
         cursor = await connection.execute("SELECT seq FROM commit_sequence")
         rows = await cursor.fetchall()

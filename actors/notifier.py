@@ -164,7 +164,7 @@ class _TelegramChat:
         while True:
             try:
                 # One request is one unit of work: a Bot API that accepts the
-                # connection and never answers makes the actor count as hung.
+                # connection and never responds makes the actor count as hung.
                 with busy():
                     response = await self._client.post(self._url, json=payload)
             except httpx.HTTPError as error:

@@ -1,6 +1,6 @@
 """The SQLite schema and the connection settings every actor uses.
 
-The main database holds open and recent trades, decisions and insights; the
+The main database contains open and recent trades, decisions and insights; the
 archive file holds trades that the archiver moved out. Both have the same
 ``trades`` table, so that a query over all history is a UNION of the two.
 """
@@ -87,7 +87,7 @@ MIGRATIONS: dict[int, list[str]] = {
         """,
         # The logger numbers its transactions. A reader that rebuilds state
         # from the database reads this number in the same transaction, and so
-        # knows which of the logger's later notifications it has seen already.
+        # can tell which of the logger's later notifications it has seen already.
         "CREATE TABLE IF NOT EXISTS commit_sequence (seq INTEGER NOT NULL)",
         "INSERT INTO commit_sequence (seq) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM commit_sequence)",
     ],
@@ -236,6 +236,15 @@ async def open_database(
     return connection
 
 
+def _open_reader(path: Path, archive: Path | None) -> tuple[sqlite3.Connection, bool]:
+    """Open ``path`` for reading with the archive attached when it exists."""
+    connection = open_sync(path, check_writable=False)
+    if archive is not None and archive.exists():
+        connection.execute("ATTACH DATABASE ? AS archive", (str(archive),))
+        return connection, True
+    return connection, False
+
+
 @dataclass
 class StoredState:
     """Every stored trade and the decision counts, as of commit ``seq``."""
@@ -251,16 +260,11 @@ def load_stored_state_sync(path: Path, archive: Path | None) -> StoredState:
     Everything is read in one read transaction together with the commit
     sequence number. The main database is read before the archive: the
     archiver copies a trade into the archive before it deletes it from the
-    main database, so this order sees every trade at least once, and a trade
+    main database, so this order reads every trade at least once, and a trade
     seen in both places is counted once.
     """
-    connection = open_sync(path, check_writable=False)
+    connection, has_archive = _open_reader(path, archive)
     try:
-        if archive is not None and archive.exists():
-            connection.execute("ATTACH DATABASE ? AS archive", (str(archive),))
-            has_archive = True
-        else:
-            has_archive = False
         connection.execute("BEGIN")
         seq = connection.execute("SELECT seq FROM commit_sequence").fetchone()[0]
         records = {
@@ -342,13 +346,8 @@ def scan_stored_trades_sync(
     number, the main database before the archive, and a trade present in both
     files (a move cut short) is passed once.
     """
-    connection = open_sync(path, check_writable=False)
+    connection, has_archive = _open_reader(path, archive)
     try:
-        if archive is not None and archive.exists():
-            connection.execute("ATTACH DATABASE ? AS archive", (str(archive),))
-            has_archive = True
-        else:
-            has_archive = False
         connection.execute("BEGIN")
         seq = connection.execute("SELECT seq FROM commit_sequence").fetchone()[0]
         counts = dict(connection.execute("SELECT action, COUNT(*) FROM decisions GROUP BY action"))

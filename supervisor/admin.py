@@ -143,6 +143,7 @@ async def retry_dead_letters(config: Config, letter_ids: list[int] | None) -> tu
 
 
 async def service_running(config: Config) -> bool:
+    """Return True if something accepts TCP connections on the feed port."""
     try:
         stream = await trio.open_tcp_stream(config.feed.host, config.feed.port)
     except OSError:

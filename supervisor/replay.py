@@ -21,6 +21,7 @@ import trio_websocket
 from actors.logger import Envelope
 from actors.messages import Message, dumps, message_to_dict
 from importers import ImportResult, RowProblem, event_time, load_trade_log
+from supervisor.admin import service_running
 from supervisor.config import Config
 from supervisor.intake import decode_json
 from supervisor.service import Service
@@ -220,16 +221,6 @@ def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
     return error
 
 
-async def _service_listening(config: Config) -> bool:
-    """Return True if something accepts TCP connections on the feed port."""
-    try:
-        stream = await trio.open_tcp_stream(config.feed.host, config.feed.port)
-    except OSError:
-        return False
-    await stream.aclose()
-    return True
-
-
 async def replay(
     config: Config,
     path: Path,
@@ -247,7 +238,7 @@ async def replay(
     target = f"ws://{config.feed.host}:{config.feed.port}/ingest"
     progress = Progress(len(messages), show_progress)
 
-    if config.feed.enabled and await _service_listening(config):
+    if config.feed.enabled and await service_running(config):
         summary = ReplaySummary(path, result.format, len(messages), False, target)
         summary.skipped_rows = len(result.problems)
         token = _ingest_token(config)
@@ -270,7 +261,7 @@ async def replay(
                     "TRADEPULSE_INGEST_TOKEN to the token in the service's data/ingest.token"
                 ) from None
             raise ReplayError(
-                f"{target} answered with HTTP {error.status_code}; is another program on that port?"
+                f"{target} responded with HTTP {error.status_code}; is another program on that port?"
             ) from None
         except* trio_websocket.HandshakeError as group:
             error = _first_leaf(group)

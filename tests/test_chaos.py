@@ -1,7 +1,7 @@
 """Chaos tests: kill actors and inject poison while trades stream in.
 
 After the queues drain, the checks are those of a total-queue checker: every
-acknowledged message is stored exactly once and as the model says, nothing
+acknowledged message is stored exactly once and as the model predicts, nothing
 unexpected appears, the dead letters are exactly the poison messages, the
 live metrics equal a recomputation from the database, and the restart counts
 match the kills. Hypothesis prints a failing example together with a
@@ -207,7 +207,7 @@ def check(scenario: Scenario, service: Service, plan: FaultPlan, kills: dict[str
     records, in_both = stored_trades(config)
     expected = model(scenario.messages, scenario.poison)
 
-    # Every acknowledged trade is stored once, as the model says, and nothing else is.
+    # Every acknowledged trade is stored once, as the model predicts, and nothing else is.
     assert in_both == []
     assert sorted(records) == sorted(expected)
     for trade_id, record in expected.items():

@@ -154,7 +154,7 @@ async def test_intake_closed_after_stop(tmp_path: Path) -> None:
                 await trio.sleep(0.001)
             service.intake.close()
             reply = json.loads(await ws.get_message())
-            # Every reply owed is sent, then the service says goodbye.
+            # Every reply owed is sent, then the service closes the connection.
             with pytest.raises(ConnectionClosed) as closed:
                 await ws.get_message()
         with pytest.raises(ConnectionRejected) as rejected:
