@@ -35,6 +35,7 @@ DECISION_ACTIONS = frozenset({"trade", "hold"})
 # A binary market pays 1 per share on a win, so its prices lie in [0, 1]. A
 # linear market (spot, futures) has any positive price.
 MARKET_KINDS = frozenset({"binary", "linear"})
+LEGS = frozenset({"entry", "exit"})
 
 MAX_TEXT_LENGTH = 500
 MAX_TAGS = 32
@@ -136,8 +137,35 @@ class TradeMarked:
 
 
 @dataclass(frozen=True, slots=True)
+class TradeFill:
+    """One more fill of a position: a further buy into it, or a partial exit.
+
+    ``leg`` is ``entry`` for a fill that adds to the position (another fill
+    of the same order, or a later buy) and ``exit`` for one that reduces it.
+    A fill is known by (``trade_id``, ``fill_id``); sending it again changes
+    nothing, and sending other values under the same id corrects it.
+    """
+
+    trade_id: str
+    fill_id: str
+    leg: Literal["entry", "exit"]
+    size: Decimal
+    price: Decimal
+    filled_at: datetime
+    fees: Decimal = Decimal(0)
+
+    @property
+    def key(self) -> str:
+        return self.trade_id
+
+
+@dataclass(frozen=True, slots=True)
 class TradeResolved:
-    """The end of a trade, with its PnL net of all fees."""
+    """The end of a trade, with its PnL net of all fees.
+
+    ``pnl`` is the whole position's: it includes what partial exits
+    (``TradeFill`` with leg ``exit``) realized before the end.
+    """
 
     trade_id: str
     resolved_at: datetime
@@ -164,8 +192,10 @@ class TradeCancelled:
         return self.trade_id
 
 
-Message: TypeAlias = Decision | TradeOpened | TradeResolved | TradeCancelled | TradeMarked
-TradeMessage: TypeAlias = TradeOpened | TradeResolved | TradeCancelled | TradeMarked
+Message: TypeAlias = (
+    Decision | TradeOpened | TradeResolved | TradeCancelled | TradeMarked | TradeFill
+)
+TradeMessage: TypeAlias = TradeOpened | TradeResolved | TradeCancelled | TradeMarked | TradeFill
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     "decision": Decision,
@@ -173,6 +203,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     "trade_resolved": TradeResolved,
     "trade_cancelled": TradeCancelled,
     "trade_marked": TradeMarked,
+    "trade_fill": TradeFill,
 }
 TYPE_NAMES: dict[type[Message], str] = {cls: name for name, cls in MESSAGE_TYPES.items()}
 
@@ -485,6 +516,26 @@ def _parse_marked(data: Mapping[str, Any]) -> TradeMarked:
     )
 
 
+def _parse_fill(data: Mapping[str, Any]) -> TradeFill:
+    leg = _choice(data, "leg", LEGS)
+    assert leg == "entry" or leg == "exit"
+    size = _decimal(data, "size", positive=True)
+    # An exit may realize nothing (a binary share settled at 0); an entry
+    # always costs something.
+    price = _decimal(data, "price", positive=leg == "entry", minimum=Decimal(0))
+    fees = _decimal(data, "fees", required=False, minimum=Decimal(0))
+    assert size is not None and price is not None
+    return TradeFill(
+        trade_id=_required_text(data, "trade_id"),
+        fill_id=_required_text(data, "fill_id"),
+        leg=leg,
+        size=size,
+        price=price,
+        filled_at=_time(data, "filled_at"),
+        fees=fees if fees is not None else Decimal(0),
+    )
+
+
 def _parse_resolved(data: Mapping[str, Any]) -> TradeResolved:
     pnl = _decimal(data, "pnl")
     assert pnl is not None
@@ -520,6 +571,7 @@ _PARSERS = {
     "trade_resolved": _parse_resolved,
     "trade_cancelled": _parse_cancelled,
     "trade_marked": _parse_marked,
+    "trade_fill": _parse_fill,
 }
 
 

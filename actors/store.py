@@ -18,7 +18,7 @@ import trio
 
 from actors.trades import TRADE_COLUMNS, TradeRecord, row_to_record
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Migrations by the version they produce. A database at version N runs every
 # script above N in order, each in its own transaction.
@@ -47,12 +47,13 @@ CREATE TABLE IF NOT EXISTS {schema}trades (
     cancel_reason TEXT,
     mark_price TEXT,
     expected_price TEXT,
-    requested_size TEXT
+    requested_size TEXT,
+    fills TEXT
 )
 """
 
 # Columns added after version 1, for tables created before them.
-ADDED_TRADE_COLUMNS = ("mark_price", "expected_price", "requested_size")
+ADDED_TRADE_COLUMNS = ("mark_price", "expected_price", "requested_size", "fills")
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -105,8 +106,10 @@ MIGRATIONS: dict[int, list[str]] = {
         )
         """,
     ],
-    # Version 3 adds the columns of ADDED_TRADE_COLUMNS; see _add_trade_columns.
+    # Versions 3 and 4 add the columns of ADDED_TRADE_COLUMNS (4: the fills
+    # after a trade's opening); see _add_trade_columns.
     3: [],
+    4: [],
 }
 
 TRADE_SELECT = f"SELECT {', '.join(TRADE_COLUMNS)} FROM {{table}}"
@@ -167,7 +170,7 @@ def migrate_sync(connection: sqlite3.Connection, path: Path, *, check_writable: 
                 continue
             for statement in MIGRATIONS[target]:
                 connection.execute(statement)
-            if target == 3:
+            if target in (3, 4):
                 _add_trade_columns(connection, "main")
             connection.execute("INSERT INTO schema_version (version) VALUES (?)", (target,))
         if check_writable:
@@ -299,9 +302,9 @@ def _epoch_us(column: str) -> str:
 
 
 # Columns that the metrics read when the ``trades`` table has them: the
-# latest price of an open position, the price the bot expected and the size
-# it requested. A table without them reads NULL.
-OPTIONAL_TRADE_COLUMNS = ("mark_price", "expected_price", "requested_size")
+# latest price of an open position, the price the bot expected, the size it
+# requested and the fills after the opening. A table without them reads NULL.
+OPTIONAL_TRADE_COLUMNS = ("mark_price", "expected_price", "requested_size", "fills")
 
 # The columns of each row that ``scan_stored_trades_sync`` passes on, in order.
 LEAN_TRADE_COLUMNS = (

@@ -8,6 +8,11 @@ second time leaves the record as it was, which makes redelivery harmless.
 A trade is ``open`` until it is resolved or cancelled. Both end states are
 final, with one exception: a later resolution replaces an earlier one, so that
 a bot can correct a PnL.
+
+A trade is one position. Further fills (``TradeFill``) add to it, giving an
+average entry price, or reduce it, realizing PnL for the part they close
+(``position_of``). The record keeps every fill in time order, so the
+position that results does not depend on the order in which fills arrive.
 """
 
 from __future__ import annotations
@@ -16,11 +21,12 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any, Literal
 
 from actors.messages import (
     TradeCancelled,
+    TradeFill,
     TradeMarked,
     TradeMessage,
     TradeOpened,
@@ -29,6 +35,28 @@ from actors.messages import (
 )
 
 Status = Literal["open", "resolved", "cancelled"]
+
+# Wide enough that sums and products of amounts up to 1e15 with 40 decimal
+# places stay exact; only the pro-rata share of a partial exit divides.
+_POSITION_CONTEXT = Context(prec=80)
+_SHORT_SIDES = frozenset({"short", "sell"})
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """One fill after the opening: ``entry`` adds to the position, ``exit`` reduces it."""
+
+    fill_id: str
+    leg: Literal["entry", "exit"]
+    size: Decimal
+    price: Decimal
+    fees: Decimal
+    filled_at: datetime
+
+    @property
+    def order(self) -> tuple[datetime, int, str]:
+        # At the same instant, entries count before exits.
+        return (self.filled_at, 0 if self.leg == "entry" else 1, self.fill_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +93,8 @@ class TradeRecord:
     mark_price: Decimal | None = None
     expected_price: Decimal | None = None
     requested_size: Decimal | None = None
+    # Fills after the opening, in time order.
+    fills: tuple[Fill, ...] = ()
 
     @property
     def ended_at(self) -> datetime | None:
@@ -76,6 +106,95 @@ class TradeRecord:
         if self.size is None or self.entry_price is None:
             return None
         return self.size * self.entry_price
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A position built from its opening and its fills, at average cost.
+
+    ``entered_*`` add up every entry (the opening and entry fills): the
+    size, its cost (size times price) and the fees paid. ``held_*`` is what
+    is still open: its size, the cost basis of that size and the entry fees
+    it still carries. Each exit takes its share of the cost basis and of the
+    entry fees, in proportion to the size it closes, and ``realized`` adds
+    up what the exits made net of those fees and their own. An exit larger
+    than what is held closes what is held; the rest is ``excess_size``.
+    """
+
+    entered_size: Decimal
+    entered_cost: Decimal
+    entered_fees: Decimal
+    held_size: Decimal
+    held_cost: Decimal
+    held_fees: Decimal
+    exited_size: Decimal
+    exit_fees: Decimal
+    realized: Decimal
+    excess_size: Decimal
+
+    @property
+    def average_entry(self) -> Decimal | None:
+        if not self.entered_size:
+            return None
+        return _POSITION_CONTEXT.divide(self.entered_cost, self.entered_size)
+
+
+def position_of(
+    side: str | None,
+    size: Decimal | None,
+    entry_price: Decimal | None,
+    fees: Decimal,
+    fills: tuple[Fill, ...],
+) -> Position:
+    """Replay the opening, then the fills in time order, into a position.
+
+    The opening counts first whatever its time, so that an exit stamped a
+    little before it (the venue's clock against the bot's) still closes it.
+    """
+    context = _POSITION_CONTEXT
+    add, subtract, multiply = context.add, context.subtract, context.multiply
+    direction = -1 if side in _SHORT_SIDES else 1
+    zero = Decimal(0)
+    entered_size = entered_cost = entered_fees = zero
+    held_size = held_cost = held_fees = zero
+    exited = exit_fees = realized = excess = zero
+    if size is not None and entry_price is not None:
+        entered_size = held_size = size
+        entered_cost = held_cost = multiply(size, entry_price)
+        entered_fees = held_fees = fees
+    for fill in fills:
+        if fill.leg == "entry":
+            cost = multiply(fill.size, fill.price)
+            entered_size = add(entered_size, fill.size)
+            entered_cost = add(entered_cost, cost)
+            entered_fees = add(entered_fees, fill.fees)
+            held_size = add(held_size, fill.size)
+            held_cost = add(held_cost, cost)
+            held_fees = add(held_fees, fill.fees)
+            continue
+        closed = min(fill.size, held_size)
+        excess = add(excess, subtract(fill.size, closed))
+        exit_fees = add(exit_fees, fill.fees)
+        if closed == held_size:
+            cost_part, fee_part = held_cost, held_fees
+        else:
+            cost_part = context.divide(multiply(held_cost, closed), held_size)
+            fee_part = context.divide(multiply(held_fees, closed), held_size)
+        move = subtract(multiply(closed, fill.price), cost_part)
+        gained = move if direction > 0 else -move
+        realized = subtract(add(realized, gained), add(fee_part, fill.fees))
+        exited = add(exited, closed)
+        held_size = subtract(held_size, closed)
+        held_cost = subtract(held_cost, cost_part)
+        held_fees = subtract(held_fees, fee_part)
+    return Position(
+        entered_size, entered_cost, entered_fees, held_size, held_cost, held_fees,
+        exited, exit_fees, realized, excess,
+    )
+
+
+def record_position(record: TradeRecord) -> Position:
+    return position_of(record.side, record.size, record.entry_price, record.fees, record.fills)
 
 
 def outcome_of(pnl: Decimal) -> Literal["win", "loss", "draw"]:
@@ -126,6 +245,22 @@ def apply_trade_message(record: TradeRecord | None, message: TradeMessage) -> Tr
             return TradeRecord(trade_id=message.trade_id, **resolution)  # type: ignore[arg-type]
         return dataclasses.replace(record, **resolution)  # type: ignore[arg-type]
 
+    if isinstance(message, TradeFill):
+        fill = Fill(
+            message.fill_id, message.leg, message.size, message.price, message.fees,
+            message.filled_at,
+        )
+        current = record.fills if record is not None else ()
+        if fill in current:
+            return record  # type: ignore[return-value]
+        # Another fill under the same id corrects it.
+        kept = [known for known in current if known.fill_id != fill.fill_id]
+        kept.append(fill)
+        fills = tuple(sorted(kept, key=lambda known: known.order))
+        if record is None:
+            return TradeRecord(trade_id=message.trade_id, status="open", fills=fills)
+        return dataclasses.replace(record, fills=fills)
+
     if isinstance(message, TradeMarked):
         # A mark only matters while the position is open; a mark for a trade
         # not yet known is dropped by the caller.
@@ -169,6 +304,29 @@ _DECIMAL_COLUMNS = frozenset(
 _TIME_COLUMNS = frozenset({"opened_at", "resolved_at", "cancelled_at"})
 
 
+def fills_to_text(fills: tuple[Fill, ...]) -> str | None:
+    """Encode fills as a JSON list of [id, leg, size, price, fees, time] for storage."""
+    if not fills:
+        return None
+    return json.dumps(
+        [
+            [fill.fill_id, fill.leg, str(fill.size), str(fill.price), str(fill.fees),
+             format_time(fill.filled_at)]
+            for fill in fills
+        ],
+        separators=(",", ":"),
+    )
+
+
+def fills_from_text(text: str | None) -> tuple[Fill, ...]:
+    if not text:
+        return ()
+    return tuple(
+        Fill(fill_id, leg, Decimal(size), Decimal(price), Decimal(fees), datetime.fromisoformat(at))
+        for fill_id, leg, size, price, fees, at in json.loads(text)
+    )
+
+
 def record_to_row(record: TradeRecord) -> tuple[Any, ...]:
     row: list[Any] = []
     for name in TRADE_COLUMNS:
@@ -181,6 +339,8 @@ def record_to_row(record: TradeRecord) -> tuple[Any, ...]:
             row.append(format_time(value))
         elif name == "tags":
             row.append(json.dumps(list(value)) if value else None)
+        elif name == "fills":
+            row.append(fills_to_text(value))
         else:
             row.append(value)
     return tuple(row)
@@ -190,7 +350,7 @@ def row_to_record(row: tuple[Any, ...]) -> TradeRecord:
     values: dict[str, Any] = {}
     for name, value in zip(TRADE_COLUMNS, row, strict=True):
         if value is None:
-            if name == "tags":
+            if name in ("tags", "fills"):
                 values[name] = ()
             elif name in ("fees", "exit_fees"):
                 values[name] = Decimal(0)
@@ -202,6 +362,8 @@ def row_to_record(row: tuple[Any, ...]) -> TradeRecord:
             values[name] = datetime.fromisoformat(value)
         elif name == "tags":
             values[name] = tuple(json.loads(value))
+        elif name == "fills":
+            values[name] = fills_from_text(value)
         else:
             values[name] = value
     return TradeRecord(**values)

@@ -9,7 +9,7 @@ from pathlib import Path
 import trio
 
 from actors.logger import Committed, Envelope, run_logger, write_batch
-from actors.store import load_stored_state_sync, open_database
+from actors.store import SCHEMA_VERSION, load_stored_state_sync, open_database
 from helpers import cancelled, decision, opened, resolved
 from supervisor.config import LoggerConfig
 from supervisor.mailbox import Mailbox
@@ -45,7 +45,7 @@ async def test_wal_mode_and_schema_version(tmp_path: Path) -> None:
     cursor = await connection.execute("PRAGMA journal_mode")
     assert (await cursor.fetchone()) == ("wal",)
     await connection.close()
-    assert rows(tmp_path / "t.sqlite", "SELECT MAX(version) FROM schema_version") == [(3,)]
+    assert rows(tmp_path / "t.sqlite", "SELECT MAX(version) FROM schema_version") == [(SCHEMA_VERSION,)]
 
 
 async def test_duplicate_trade_stored_once(tmp_path: Path) -> None:
@@ -166,7 +166,7 @@ def test_old_database_gains_columns(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
     connection = stdlib.connect(path)
     old_table = TRADES_TABLE.format(schema="").replace(
-        ",\n    mark_price TEXT,\n    expected_price TEXT,\n    requested_size TEXT", ""
+        ",\n    mark_price TEXT,\n    expected_price TEXT,\n    requested_size TEXT,\n    fills TEXT", ""
     )
     connection.execute(old_table)
     connection.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
@@ -177,5 +177,5 @@ def test_old_database_gains_columns(tmp_path: Path) -> None:
     connection.close()
     open_sync(path).close()
     columns = [row[1] for row in rows(path, "PRAGMA table_info(trades)")]
-    assert columns[-3:] == ["mark_price", "expected_price", "requested_size"]
-    assert rows(path, "SELECT MAX(version) FROM schema_version") == [(3,)]
+    assert columns[-4:] == ["mark_price", "expected_price", "requested_size", "fills"]
+    assert rows(path, "SELECT MAX(version) FROM schema_version") == [(SCHEMA_VERSION,)]

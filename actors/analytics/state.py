@@ -24,7 +24,7 @@ from actors.analytics.settings import MetricsSettings
 from actors.analytics.stats import ExecutionStats, Stats, TradeFacts
 from actors.analytics.values import MONEY_CONTEXT, ZERO, Figures, money, ratio
 from actors.messages import Decision
-from actors.trades import TradeRecord
+from actors.trades import TradeRecord, fills_from_text, position_of, record_position
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -40,17 +40,14 @@ def epoch_us(value: datetime | None) -> int | None:
 
 
 def facts_from_record(record: TradeRecord, tolerance: Decimal) -> TradeFacts:
-    # NOTE: TradeRecord has no mark, expected price or requested size yet;
-    # they read as None until trade messages carry them.
     return TradeFacts(
         record.trade_id, record.status, record.strategy, record.venue, record.market,
         record.side, record.market_kind, record.signal_type, record.tags,
         record.size, record.entry_price, record.fees, record.exit_fees, record.pnl,
         record.outcome, record.probability, record.exit_price,
         epoch_us(record.opened_at), epoch_us(record.resolved_at), tolerance,
-        getattr(record, "mark_price", None),
-        getattr(record, "expected_price", None),
-        getattr(record, "requested_size", None),
+        record.mark_price, record.expected_price, record.requested_size,
+        record_position(record) if record.fills else None,
     )
 
 
@@ -77,14 +74,18 @@ def facts_from_row(row: tuple[Any, ...], tolerance: Decimal) -> TradeFacts:
     """Build facts from a row of ``store.LEAN_TRADE_COLUMNS``."""
     (trade_id, status, strategy, venue, market, side, market_kind, signal_type, tags,
      size, entry_price, fees, exit_fees, pnl, outcome, probability, exit_price,
-     opened_us, resolved_us, mark_price, expected_price, requested_size) = row
+     opened_us, resolved_us, mark_price, expected_price, requested_size, fills) = row
+    size_value, price_value, fees_value = _decimal(size), _decimal(entry_price), Decimal(fees) if fees else ZERO
+    position = None
+    if fills:
+        position = position_of(side, size_value, price_value, fees_value, fills_from_text(fills))
     return TradeFacts(
         trade_id, status, strategy, venue, market, side, market_kind, signal_type,
         _tags(tags),
-        _decimal(size), _decimal(entry_price), Decimal(fees) if fees else ZERO,
+        size_value, price_value, fees_value,
         Decimal(exit_fees) if exit_fees else ZERO, _decimal(pnl), outcome,
         _decimal(probability), _decimal(exit_price), opened_us, resolved_us, tolerance,
-        _decimal(mark_price), _decimal(expected_price), _decimal(requested_size),
+        _decimal(mark_price), _decimal(expected_price), _decimal(requested_size), position,
     )
 
 
@@ -357,7 +358,13 @@ class MetricsState:
         # Open positions at the price the bot last reported for them.
         unrealized = self.total.unrealized
         figures.set("unrealized_pnl", money(unrealized))
-        marked = MONEY_CONTEXT.add(series.amount(base + cumulative), unrealized)
+        # What partial exits realized on positions still open; their trades'
+        # PnL enters the curve when they resolve.
+        open_realized = self.total.open_realized
+        figures.set("open_realized_pnl", money(open_realized))
+        marked = MONEY_CONTEXT.add(
+            series.amount(base + cumulative), MONEY_CONTEXT.add(unrealized, open_realized)
+        )
         figures.set("current_marked", money(marked))
         marked_drop = MONEY_CONTEXT.subtract(series.amount(base + peak), marked)
         figures.set("current_drawdown_marked", money(max(ZERO, marked_drop)))

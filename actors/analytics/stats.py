@@ -13,6 +13,7 @@ from decimal import Context, Decimal
 from typing import Any
 
 from actors.analytics.series import DRAW, LOSS, WIN
+from actors.trades import Position
 from actors.analytics.values import MONEY_CONTEXT, ZERO, decimal_ratio, from_fixed, ratio, to_fixed
 
 UNKNOWN = "unknown"
@@ -56,6 +57,7 @@ class TradeFacts:
         "signal_type", "tags", "cost", "risk", "fees", "pnl", "outcome", "r_fixed",
         "opened_us", "resolved_us", "hold_us", "probability", "exit_price",
         "unrealized", "slippage_cost", "slippage_bps_fixed", "size", "requested_size",
+        "open_realized",
     )
 
     def __init__(
@@ -83,6 +85,7 @@ class TradeFacts:
         mark_price: Decimal | None = None,
         expected_price: Decimal | None = None,
         requested_size: Decimal | None = None,
+        position: Position | None = None,
     ) -> None:
         self.trade_id = trade_id
         self.status = status
@@ -93,16 +96,25 @@ class TradeFacts:
         self.market_kind = market_kind
         self.signal_type = signal_type
         self.tags = tags
+        if position is not None:
+            # Fills after the opening: fees of every entry and exit count.
+            entry_fees = position.entered_fees
+            exit_fees = MONEY_CONTEXT.add(exit_fees, position.exit_fees)
         self.fees = MONEY_CONTEXT.add(entry_fees, exit_fees)
         self.probability = probability
         self.exit_price = exit_price
         self.opened_us = opened_us
         self.resolved_us = resolved_us if status == "resolved" else None
-        if size is not None and entry_price is not None:
-            self.cost: Decimal | None = MONEY_CONTEXT.multiply(size, entry_price)
+        if position is not None and position.entered_size:
+            # Capital at risk is every entry's cost; what is exposed while
+            # open is the cost basis still held.
+            self.risk: Decimal | None = MONEY_CONTEXT.add(position.entered_cost, entry_fees)
+            self.cost: Decimal | None = position.held_cost if status == "open" else position.entered_cost
+        elif size is not None and entry_price is not None:
+            self.cost = MONEY_CONTEXT.multiply(size, entry_price)
             # Capital at risk: what the position cost, entry fees included.
             # For a binary share that is exactly the most it can lose.
-            self.risk: Decimal | None = MONEY_CONTEXT.add(self.cost, entry_fees)
+            self.risk = MONEY_CONTEXT.add(self.cost, entry_fees)
         else:
             self.cost = self.risk = None
         if status == "resolved":
@@ -123,6 +135,21 @@ class TradeFacts:
             self.r_fixed = None
             self.hold_us = None
         self._execution(size, entry_price, entry_fees, mark_price, expected_price, requested_size)
+        # PnL that partial exits realized on a position still open. Once the
+        # trade resolves, its PnL covers them.
+        self.open_realized = ZERO
+        if position is not None and status != "cancelled":
+            self.size = position.entered_size
+            if status == "open":
+                self.open_realized = position.realized
+                self.unrealized = None
+                if mark_price is not None:
+                    move = MONEY_CONTEXT.subtract(
+                        MONEY_CONTEXT.multiply(position.held_size, mark_price), position.held_cost
+                    )
+                    self.unrealized = MONEY_CONTEXT.subtract(
+                        move if self.direction > 0 else -move, position.held_fees
+                    )
 
     def _execution(
         self,
@@ -165,7 +192,7 @@ class Stats:
     __slots__ = (
         "open", "resolved", "cancelled", "wins", "losses", "draws",
         "pnl", "gross_profit", "gross_loss", "win_pnl", "loss_pnl", "fees", "exposure",
-        "r_sum", "r_count", "hold_sum", "hold_count", "unrealized", "marked",
+        "r_sum", "r_count", "hold_sum", "hold_count", "unrealized", "marked", "open_realized",
     )
 
     def __init__(self) -> None:
@@ -176,6 +203,7 @@ class Stats:
         self.r_sum = self.r_count = self.hold_sum = self.hold_count = 0
         self.unrealized = ZERO
         self.marked = 0
+        self.open_realized = ZERO
 
     def add(self, facts: TradeFacts, sign: int) -> None:
         """Add a trade's contribution (``sign`` 1) or take it out (-1)."""
@@ -188,6 +216,9 @@ class Stats:
             if facts.unrealized is not None:
                 self.marked += sign
                 self.unrealized = add(self.unrealized, facts.unrealized if sign > 0 else -facts.unrealized)
+            if facts.open_realized:
+                realized = facts.open_realized
+                self.open_realized = add(self.open_realized, realized if sign > 0 else -realized)
             return
         if status == "cancelled":
             self.cancelled += sign
@@ -226,7 +257,7 @@ class Stats:
                      "r_sum", "r_count", "hold_sum", "hold_count", "marked"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for name in ("pnl", "gross_profit", "gross_loss", "win_pnl", "loss_pnl", "fees", "exposure",
-                     "unrealized"):
+                     "unrealized", "open_realized"):
             setattr(self, name, add(getattr(self, name), getattr(other, name)))
 
     @property
@@ -296,6 +327,7 @@ class Stats:
         document["open_exposure"] = float(self.exposure)
         document["unrealized_pnl"] = float(self.unrealized)
         document["marked_open"] = self.marked
+        document["open_realized_pnl"] = float(self.open_realized)
         if self.hold_count:
             document["average_holding_seconds"] = round(self.hold_sum / self.hold_count / 1e6, 3)
         else:
