@@ -23,7 +23,7 @@ from urllib.parse import quote
 import httpx
 import trio
 
-from actors.trades import TradeRecord, outcome_of
+from actors.trades import TradeRecord, outcome_of, record_position
 from supervisor.config import NotifierConfig
 from supervisor.mailbox import DropQueue
 from supervisor.supervisor import busy
@@ -85,8 +85,14 @@ def format_resolved(record: TradeRecord) -> str:
     headline = f"{outcome} {pnl} on {record.market or 'unknown market'}"
 
     details: list[str] = []
-    if record.side and record.size is not None and record.entry_price is not None:
-        position = f"{record.side} {record.size:f} @ {record.entry_price:f}"
+    size, entry_price = record.size, record.entry_price
+    if record.fills:
+        # Several entries: the whole size at its average price.
+        held = record_position(record)
+        average = held.average_entry
+        size, entry_price = held.entered_size, None if average is None else average.normalize()
+    if record.side and size is not None and entry_price is not None:
+        position = f"{record.side} {size:f} @ {entry_price:f}"
         if record.exit_price is not None:
             position += f" -> {record.exit_price:f}"
         details.append(position)

@@ -21,7 +21,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Context, Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 from typing import Any, Literal
 
 from actors.messages import (
@@ -116,8 +116,9 @@ class Position:
     size, its cost (size times price) and the fees paid. ``held_*`` is what
     is still open: its size, the cost basis of that size and the entry fees
     it still carries. Each exit takes its share of the cost basis and of the
-    entry fees, in proportion to the size it closes, and ``realized`` adds
-    up what the exits made net of those fees and their own. An exit larger
+    entry fees, in proportion to the size it closes (rounded to 18 decimal
+    places or those of the amount, see ``_share``), and ``realized`` adds up
+    what the exits made net of those fees and their own. An exit larger
     than what is held closes what is held; the rest is ``excess_size``.
     """
 
@@ -137,6 +138,18 @@ class Position:
         if not self.entered_size:
             return None
         return _POSITION_CONTEXT.divide(self.entered_cost, self.entered_size)
+
+
+def _share(amount: Decimal, part: Decimal, whole: Decimal) -> Decimal:
+    """Return ``amount * part / whole``, rounded half-even to a fixed number of places.
+
+    The places are those of ``amount``, at least 18 and at most 40, so that
+    the share stays a short decimal: sums that add it and later take it out
+    again then come back exactly, and a share of 0.01 is not cut to 0.
+    """
+    exponent = max(min(amount.as_tuple().exponent, -18), -40)  # type: ignore[type-var]
+    exact = _POSITION_CONTEXT.divide(_POSITION_CONTEXT.multiply(amount, part), whole)
+    return exact.quantize(Decimal(1).scaleb(exponent), rounding=ROUND_HALF_EVEN, context=_POSITION_CONTEXT)
 
 
 def position_of(
@@ -178,8 +191,8 @@ def position_of(
         if closed == held_size:
             cost_part, fee_part = held_cost, held_fees
         else:
-            cost_part = context.divide(multiply(held_cost, closed), held_size)
-            fee_part = context.divide(multiply(held_fees, closed), held_size)
+            cost_part = _share(held_cost, closed, held_size)
+            fee_part = _share(held_fees, closed, held_size)
         move = subtract(multiply(closed, fill.price), cost_part)
         gained = move if direction > 0 else -move
         realized = subtract(add(realized, gained), add(fee_part, fill.fees))

@@ -30,6 +30,7 @@ from actors.messages import (
     Decision,
     Message,
     TradeCancelled,
+    TradeFill,
     TradeMarked,
     TradeOpened,
     TradeResolved,
@@ -84,6 +85,8 @@ def event_time(message: Message) -> datetime:
         return message.cancelled_at
     if isinstance(message, TradeMarked):
         return message.marked_at
+    if isinstance(message, TradeFill):
+        return message.filled_at
     raise TypeError(f"not a tradepulse message: {message!r}")
 
 

@@ -39,6 +39,33 @@ def resolved(trade_id: str, pnl: str, minute: int = 10, **fields: Any) -> Messag
     return parse_message(data)
 
 
+def fill(
+    trade_id: str, fill_id: str, leg: str, size: str, price: str, minute: int = 5, **fields: Any
+) -> Message:
+    data: dict[str, Any] = {
+        "type": "trade_fill",
+        "trade_id": trade_id,
+        "fill_id": fill_id,
+        "leg": leg,
+        "size": size,
+        "price": price,
+        "filled_at": (BASE_TIME + timedelta(minutes=minute)).isoformat(),
+    }
+    data.update(fields)
+    return parse_message(data)
+
+
+def marked(trade_id: str, price: str, minute: int = 5) -> Message:
+    return parse_message(
+        {
+            "type": "trade_marked",
+            "trade_id": trade_id,
+            "price": price,
+            "marked_at": (BASE_TIME + timedelta(minutes=minute)).isoformat(),
+        }
+    )
+
+
 def cancelled(trade_id: str, minute: int = 5) -> Message:
     return parse_message(
         {

@@ -2,8 +2,8 @@
 
 Messages go through ``apply_trade_message`` as in the logger, and each
 change reaches the state as its (before, after) pair. The sequence mixes
-openings, resolutions, corrections, cancellations, repeats and times out of
-order. Set TRADEPULSE_HYPOTHESIS_EXAMPLES for a longer run.
+openings, fills that add to a position or close part of it, marks,
+resolutions, corrections, cancellations, repeats and times out of order. Set TRADEPULSE_HYPOTHESIS_EXAMPLES for a longer run.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import cancelled, opened, resolved
+from helpers import cancelled, fill, marked, opened, resolved
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -57,7 +57,22 @@ def message(draw: st.DrawFn) -> Message:
     # Minutes over about nine days, so that the sequence crosses days,
     # weeks and the start of daylight saving time in New York.
     minute = draw(st.integers(min_value=0, max_value=13_000))
-    kind = draw(st.sampled_from(["opened", "resolved", "resolved", "cancelled"]))
+    kind = draw(st.sampled_from(["opened", "resolved", "resolved", "cancelled", "fill", "fill", "marked"]))
+    if kind == "fill":
+        # Few fill ids, so that some fills are corrected under their id.
+        leg = draw(st.sampled_from(["entry", "exit", "exit"]))
+        prices = ["0.04", "0.5", "1", "123.5", "130.25"] + (["0"] if leg == "exit" else [])
+        return fill(
+            trade_id,
+            draw(st.sampled_from(["f1", "f2", "f3"])),
+            leg,
+            draw(st.sampled_from(["1", "2.5", "7", "0.333"])),
+            draw(st.sampled_from(prices)),
+            minute=minute,
+            fees=draw(st.sampled_from(["0", "0.01", "0.3"])),
+        )
+    if kind == "marked":
+        return marked(trade_id, draw(st.sampled_from(["0", "0.5", "0.97", "120"])), minute=minute)
     if kind == "opened":
         binary = draw(st.booleans())
         fields: dict[str, Any] = {
@@ -139,8 +154,14 @@ async def test_database_rebuild_equals_live(tmp_path: Path, seed: int) -> None:
         trade_id = generator.choice(TRADE_IDS + [f"x{index}"])
         minute = generator.randrange(20_000)
         roll = generator.random()
-        if roll < 0.4:
+        if roll < 0.35:
             messages.append(opened(trade_id, minute=minute, market=generator.choice(MARKETS)))
+        elif roll < 0.5:
+            leg = generator.choice(["entry", "exit"])
+            price = generator.choice(["0.2", "0.5", "0.9"] + (["0"] if leg == "exit" else []))
+            messages.append(fill(trade_id, generator.choice(["f1", "f2"]), leg, "3", price, minute=minute))
+        elif roll < 0.55:
+            messages.append(marked(trade_id, generator.choice(["0.1", "0.6"]), minute=minute))
         elif roll < 0.9:
             messages.append(resolved(trade_id, generator.choice(PNLS), minute=minute))
         else:

@@ -1,0 +1,209 @@
+"""Positions built from several fills: average entry, pro-rata partial exits."""
+
+from __future__ import annotations
+
+import functools
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from helpers import fill, marked, opened, resolved
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_metrics import feed
+from test_service import auth, make_config, running, stored
+from trio_websocket import open_websocket
+
+from actors.logger import write_batch
+from actors.messages import InvalidMessage, Message, message_to_dict, parse_message
+from actors.metrics import MetricsState, load_state_sync
+from actors.store import open_database
+from actors.trades import TradeRecord, apply_trade_message, record_position, row_to_record
+
+D = Decimal
+
+
+def build(*messages: Message) -> TradeRecord:
+    record: TradeRecord | None = None
+    for message in messages:
+        record = apply_trade_message(record, message)
+    assert record is not None
+    return record
+
+
+LONG = functools.partial(
+    opened, market_kind="linear", side="long", size="10", entry_price="100", fees="1"
+)
+
+
+def scaled_in_then_trimmed() -> list[Message]:
+    """Long 10 at 100, 10 more at 110, then 5 sold at 120."""
+    return [
+        LONG("t", minute=0),
+        fill("t", "f1", "entry", "10", "110", minute=1, fees="1"),
+        fill("t", "f2", "exit", "5", "120", minute=2, fees="0.5"),
+    ]
+
+
+def test_entries_average_and_exit_realizes_its_share() -> None:
+    position = record_position(build(*scaled_in_then_trimmed()))
+    assert (position.entered_size, position.entered_cost, position.entered_fees) == (D(20), D(2100), D(2))
+    assert position.average_entry == D(105)
+    # The exit closes a quarter: it takes 525 of cost and 0.5 of entry fees.
+    assert position.realized == D(600) - D(525) - D("0.5") - D("0.5")
+    assert (position.held_size, position.held_cost, position.held_fees) == (D(15), D(1575), D("1.5"))
+    assert position.exited_size == D(5)
+
+
+def test_short_exit_gains_when_price_falls() -> None:
+    record = build(
+        LONG("s", side="short", fees="0"),
+        fill("s", "x", "exit", "4", "90", minute=3),
+    )
+    assert record_position(record).realized == D(40)
+
+
+def test_binary_shares_average_entry() -> None:
+    record = build(
+        opened("k", size="10", entry_price="0.40", fees="0"),
+        fill("k", "2", "entry", "10", "0.50", minute=1),
+        fill("k", "3", "exit", "5", "0.70", minute=2),
+    )
+    position = record_position(record)
+    assert position.average_entry == D("0.45")
+    assert position.realized == D("1.25")
+
+
+def test_exit_beyond_position_counts_excess() -> None:
+    record = build(LONG("e"), fill("e", "x", "exit", "12", "100", minute=1))
+    position = record_position(record)
+    assert (position.exited_size, position.held_size, position.excess_size) == (D(10), D(0), D(2))
+    # Closing everything at the entry price loses the entry fees.
+    assert position.realized == D(-1)
+
+
+def test_repeated_fill_changes_nothing_and_same_id_corrects() -> None:
+    first = build(*scaled_in_then_trimmed())
+    assert apply_trade_message(first, scaled_in_then_trimmed()[1]) is first
+    corrected = apply_trade_message(first, fill("t", "f1", "entry", "10", "90", minute=1, fees="1"))
+    assert len(corrected.fills) == 2
+    assert record_position(corrected).average_entry == D(95)
+
+
+def test_fill_before_opening_is_kept() -> None:
+    messages = scaled_in_then_trimmed()
+    early = build(messages[1], messages[2], messages[0])
+    assert early == build(*messages)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.permutations(list(range(6))))
+def test_arrival_order_does_not_matter(order: list[int]) -> None:
+    messages = scaled_in_then_trimmed() + [
+        fill("t", "f3", "entry", "2.5", "101.5", minute=4, fees="0.01"),
+        fill("t", "f4", "exit", "7", "99", minute=5),
+        fill("t", "f5", "exit", "0.333", "130", minute=6, fees="0.3"),
+    ]
+    expected = build(*messages)
+    assert build(*(messages[index] for index in order)) == expected
+
+
+def test_pro_rata_share_is_short_and_sums_back() -> None:
+    record = build(
+        LONG("r", size="3", entry_price="1", fees="0.01"),
+        fill("r", "a", "exit", "1", "1", minute=1),
+        fill("r", "b", "exit", "1", "1", minute=2),
+        fill("r", "c", "exit", "1", "1", minute=3),
+    )
+    position = record_position(record)
+    # Thirds of 0.01 round to 18 places; the last exit takes the rest, so
+    # the fee shares add up to exactly what was paid.
+    assert position.held_fees == 0 and position.held_cost == 0
+    assert position.realized == D("-0.01")
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"leg": "sell"}, "leg"),
+        ({"price": "0"}, "price"),
+        ({"size": "-1"}, "size"),
+        ({"fill_id": ""}, "fill_id"),
+        ({"fees": "-0.1"}, "fees"),
+        ({"filled_at": "yesterday"}, "filled_at"),
+        ({"fill": "x"}, "fill"),
+    ],
+)
+def test_bad_fill_names_field(fields: dict[str, Any], field: str) -> None:
+    data = message_to_dict(fill("t", "f", "entry", "1", "2"))
+    data.update(fields)
+    with pytest.raises(InvalidMessage) as caught:
+        parse_message(data)
+    assert caught.value.field == field
+
+
+def test_exit_at_zero_is_accepted() -> None:
+    record = build(opened("z", fees="0"), fill("z", "x", "exit", "10", "0", minute=1))
+    assert record_position(record).realized == D("-9.6")
+
+
+def test_metrics_count_open_realized_and_marks() -> None:
+    state = MetricsState()
+    feed(state, *scaled_in_then_trimmed(), marked("t", "100", minute=3))
+    snapshot = state.snapshot()
+    assert snapshot["open_realized_pnl"] == 74.0
+    assert snapshot["equity"]["open_realized_pnl"] == 74.0
+    assert snapshot["unrealized_pnl"] == -76.5  # 15 x 100 - 1575 - 1.5
+    assert snapshot["open_exposure"] == 1575.0
+    assert snapshot["equity"]["current_marked"] == -2.5
+    assert snapshot["realized_pnl"] == 0.0
+
+
+def test_resolution_books_whole_position() -> None:
+    state = MetricsState()
+    feed(state, *scaled_in_then_trimmed(), resolved("t", "150.5", minute=30, fees="1.5"))
+    snapshot = state.snapshot()
+    assert snapshot["realized_pnl"] == 150.5
+    assert snapshot["open_realized_pnl"] == 0.0
+    # Fees of both entries, the partial exit and the final exit.
+    assert snapshot["fees"] == 2 + 0.5 + 1.5
+    # R over the capital at risk of every entry: 2100 plus 2 of fees.
+    assert snapshot["expectancy_r"] == round(150.5 / 2102, 6)
+    assert snapshot["execution"]["filled"] == 1
+
+
+async def test_fills_survive_storage_and_rebuild(tmp_path: Path) -> None:
+    messages = scaled_in_then_trimmed() + [marked("t", "100", minute=3)]
+    live = MetricsState()
+    feed(live, *messages)
+    database, archive = tmp_path / "t.sqlite", tmp_path / "a.sqlite"
+    connection = await open_database(database, archive)
+    await write_batch(connection, messages[:2])
+    await write_batch(connection, messages[2:])
+    cursor = await connection.execute("SELECT * FROM trades")
+    rows = await cursor.fetchall()
+    await connection.close()
+    assert row_to_record(rows[0]) == build(*messages)
+    _, rebuilt = load_state_sync(database, archive)
+    for name in ("open_realized_pnl", "unrealized_pnl", "open_exposure"):
+        assert rebuilt.snapshot()[name] == live.snapshot()[name]
+
+
+async def test_fill_over_ingest_reaches_feed(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    async with running(config) as service:
+        async with open_websocket(
+            "127.0.0.1", service.port, "/ingest", use_ssl=False, extra_headers=auth(service)
+        ) as ws:
+            batch = [message_to_dict(item) for item in scaled_in_then_trimmed()]
+            await ws.send_message(json.dumps(batch))
+            reply = json.loads(await ws.get_message())
+        assert reply["accepted"] == 3, reply
+        with trio.fail_after(5):
+            while (service.hub.latest_metrics or {}).get("open_realized_pnl") != 74.0:
+                await trio.sleep(0.01)
+    (fills,) = stored(config, "SELECT fills FROM trades WHERE trade_id = 't'")[0]
+    assert [item[:2] for item in json.loads(fills)] == [["f1", "entry"], ["f2", "exit"]]
