@@ -48,7 +48,7 @@ def scaled_in_then_trimmed() -> list[Message]:
     ]
 
 
-def test_entries_average_and_exit_realizes_its_share() -> None:
+def test_exit_realizes_pro_rata_share() -> None:
     position = record_position(build(*scaled_in_then_trimmed()))
     assert (position.entered_size, position.entered_cost, position.entered_fees) == (D(20), D(2100), D(2))
     assert position.average_entry == D(105)
@@ -77,7 +77,7 @@ def test_binary_shares_average_entry() -> None:
     assert position.realized == D("1.25")
 
 
-def test_exit_beyond_position_counts_excess() -> None:
+def test_excess_exit_counted() -> None:
     record = build(LONG("e"), fill("e", "x", "exit", "12", "100", minute=1))
     position = record_position(record)
     assert (position.exited_size, position.held_size, position.excess_size) == (D(10), D(0), D(2))
@@ -85,7 +85,7 @@ def test_exit_beyond_position_counts_excess() -> None:
     assert position.realized == D(-1)
 
 
-def test_repeated_fill_changes_nothing_and_same_id_corrects() -> None:
+def test_fill_repeat_and_correction() -> None:
     first = build(*scaled_in_then_trimmed())
     assert apply_trade_message(first, scaled_in_then_trimmed()[1]) is first
     corrected = apply_trade_message(first, fill("t", "f1", "entry", "10", "90", minute=1, fees="1"))
@@ -111,7 +111,7 @@ def test_arrival_order_does_not_matter(order: list[int]) -> None:
     assert build(*(messages[index] for index in order)) == expected
 
 
-def test_pro_rata_share_is_short_and_sums_back() -> None:
+def test_fee_shares_sum_back() -> None:
     record = build(
         LONG("r", size="3", entry_price="1", fees="0.01"),
         fill("r", "a", "exit", "1", "1", minute=1),
@@ -119,9 +119,10 @@ def test_pro_rata_share_is_short_and_sums_back() -> None:
         fill("r", "c", "exit", "1", "1", minute=3),
     )
     position = record_position(record)
-    # Thirds of 0.01 round to 18 places; the last exit takes the rest, so
+    # Thirds of 0.01 round to 18 places. The last exit takes the rest, so
     # the fee shares add up to exactly what was paid.
-    assert position.held_fees == 0 and position.held_cost == 0
+    assert position.held_fees == 0
+    assert position.held_cost == 0
     assert position.realized == D("-0.01")
 
 
@@ -150,7 +151,7 @@ def test_exit_at_zero_is_accepted() -> None:
     assert record_position(record).realized == D("-9.6")
 
 
-def test_metrics_count_open_realized_and_marks() -> None:
+def test_open_realized_and_marks() -> None:
     state = MetricsState()
     feed(state, *scaled_in_then_trimmed(), marked("t", "100", minute=3))
     snapshot = state.snapshot()
