@@ -36,8 +36,9 @@ from actors.messages import (
 
 Status = Literal["open", "resolved", "cancelled"]
 
-# Wide enough that sums and products of amounts up to 1e15 with 40 decimal
-# places stay exact; only the pro-rata share of a partial exit divides.
+# 80 significant digits, as the metrics' sums use. A product of two amounts
+# of up to 40 significant digits each is exact. Only the pro-rata share of a
+# partial exit divides, and ``_share`` rounds it.
 _POSITION_CONTEXT = Context(prec=80)
 _SHORT_SIDES = frozenset({"short", "sell"})
 
@@ -94,6 +95,8 @@ class TradeRecord:
     expected_price: Decimal | None = None
     requested_size: Decimal | None = None
     # Fills after the opening, in time order.
+    # NOTE: each new fill rewrites the trade's whole fill list, so a position
+    # with many thousands of fills costs more per fill; none is refused.
     fills: tuple[Fill, ...] = ()
 
     @property
@@ -116,9 +119,8 @@ class Position:
     size, its cost (size times price) and the fees paid. ``held_*`` is what
     is still open: its size, the cost basis of that size and the entry fees
     it still carries. Each exit takes its share of the cost basis and of the
-    entry fees, in proportion to the size it closes (rounded to 18 decimal
-    places or those of the amount, see ``_share``), and ``realized`` adds up
-    what the exits made net of those fees and their own. An exit larger
+    entry fees, in proportion to the size it closes (``_share`` rounds it).
+    ``realized`` adds up what the exits made net of those fees and their own. An exit larger
     than what is held closes what is held; the rest is ``excess_size``.
     """
 
@@ -143,9 +145,9 @@ class Position:
 def _share(amount: Decimal, part: Decimal, whole: Decimal) -> Decimal:
     """Return ``amount * part / whole``, rounded half-even to a fixed number of places.
 
-    The places are those of ``amount``, at least 18 and at most 40, so that
-    the share stays a short decimal: sums that add it and later take it out
-    again then come back exactly, and a share of 0.01 is not cut to 0.
+    The places are those of ``amount``, at least 18 and at most 40. The share
+    stays a short decimal, so sums that add it and later take it out again
+    come back exactly. A share of 0.01 is never cut to 0.
     """
     exponent = max(min(amount.as_tuple().exponent, -18), -40)  # type: ignore[type-var]
     exact = _POSITION_CONTEXT.divide(_POSITION_CONTEXT.multiply(amount, part), whole)
