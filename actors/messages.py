@@ -138,7 +138,7 @@ class TradeMarked:
 
 @dataclass(frozen=True, slots=True)
 class TradeFill:
-    """One more fill of a position: a further buy into it, or a partial exit.
+    """One more fill of a position: a further entry into it, or a partial exit.
 
     ``leg`` is ``entry`` for a fill that adds to the position (another fill
     of the same order, or a later buy) and ``exit`` for one that reduces it.

@@ -88,9 +88,9 @@ def format_resolved(record: TradeRecord) -> str:
     size, entry_price = record.size, record.entry_price
     if record.fills:
         # Several entries: the whole size at its average price.
-        held = record_position(record)
-        average = held.average_entry
-        size, entry_price = held.entered_size, None if average is None else average.normalize()
+        combined = record_position(record)
+        average = combined.average_entry
+        size, entry_price = combined.entered_size, None if average is None else average.normalize()
     if record.side and size is not None and entry_price is not None:
         position = f"{record.side} {size:f} @ {entry_price:f}"
         if record.exit_price is not None:
