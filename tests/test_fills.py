@@ -208,3 +208,10 @@ async def test_fill_over_ingest_reaches_feed(tmp_path: Path) -> None:
                 await trio.sleep(0.01)
     (fills,) = stored(config, "SELECT fills FROM trades WHERE trade_id = 't'")[0]
     assert [item[:2] for item in json.loads(fills)] == [["f1", "entry"], ["f2", "exit"]]
+
+
+def test_notification_shows_average_entry() -> None:
+    from actors.notifier import format_resolved
+
+    record = build(*scaled_in_then_trimmed(), resolved("t", "150.5", minute=30))
+    assert "long 20 @ 105 " in format_resolved(record)
