@@ -79,7 +79,10 @@ class _Notes:
     def __init__(self) -> None:
         self.lines: list[str] = []
 
-    def cell(self, section: dict[str, Any], key: str, label: str, fmt: Format) -> str:
+    def cell(
+        self, section: dict[str, Any], key: str, label: str, fmt: Format, *, small: bool | None = None
+    ) -> str:
+        """Format ``section[key]``, marked ``*`` when ``small`` (default: the section's flag)."""
         value = section.get(key)
         if value is None:
             reason = section.get("undefined", {}).get(key)
@@ -90,7 +93,9 @@ class _Notes:
                 self.lines.append(line)
             return f"n/a[{self.lines.index(line) + 1}]"
         text = fmt(value)
-        if section.get("small_sample") and key != "resolved":
+        if small is None:
+            small = bool(section.get("small_sample")) and key != "resolved"
+        if small:
             text += "*"
         return text
 
@@ -159,14 +164,20 @@ def _equity(document: dict[str, Any]) -> list[str]:
     equity = document["equity"]
     streaks = document["streaks"]
     notes = _Notes()
+    # Balances and sums are exact whatever the sample, so only the drawdowns,
+    # which describe how the strategy behaves, are marked for a small sample.
+    small = bool(equity.get("small_sample"))
     rows = [
-        ["Starting balance", notes.cell(equity, "starting_balance", "Starting balance", _money)],
-        ["Current equity", notes.cell(equity, "current", "Current equity", _money)],
-        ["Peak equity", notes.cell(equity, "peak", "Peak equity", _money)],
+        ["Starting balance", notes.cell(equity, "starting_balance", "Starting balance", _money, small=False)],
+        ["Current equity", notes.cell(equity, "current", "Current equity", _money, small=False)],
+        ["Peak equity", notes.cell(equity, "peak", "Peak equity", _money, small=False)],
         ["Current drawdown", notes.cell(equity, "current_drawdown", "Current drawdown", _money)],
         ["Current drawdown %", notes.cell(equity, "current_drawdown_percent", "Current drawdown %", _percent)],
-        ["Unrealized PnL (marked)", notes.cell(equity, "unrealized_pnl", "Unrealized PnL", _money)],
-        ["Current equity, marked", notes.cell(equity, "current_marked", "Current equity, marked", _money)],
+        ["Unrealized PnL (marked)", notes.cell(equity, "unrealized_pnl", "Unrealized PnL", _money, small=False)],
+        [
+            "Current equity, marked",
+            notes.cell(equity, "current_marked", "Current equity, marked", _money, small=False),
+        ],
         ["Current drawdown, marked", notes.cell(equity, "current_drawdown_marked", "Current drawdown, marked", _money)],
     ]
     drawdowns = (
@@ -178,12 +189,15 @@ def _equity(document: dict[str, Any]) -> list[str]:
         if drawdown is None:
             rows.append([label, notes.cell(equity, key, label, _text)])
             continue
-        rows.append([label, notes.cell(drawdown, "amount", label, _money)])
-        rows.append(["  of peak equity", notes.cell(drawdown, "percent", f"{label} of peak", _percent)])
+        rows.append([label, notes.cell(drawdown, "amount", label, _money, small=small)])
+        rows.append(
+            ["  of peak equity", notes.cell(drawdown, "percent", f"{label} of peak", _percent, small=small)]
+        )
         rows.append(["  peak at", drawdown.get("peak_at") or "start"])
         rows.append(["  trough at", drawdown.get("trough_at") or "n/a"])
         rows.append(["  recovered at", drawdown.get("recovered_at") or "not yet"])
-        rows.append(["  duration", notes.cell(drawdown, "duration_seconds", f"{label} duration", _seconds)])
+        duration = notes.cell(drawdown, "duration_seconds", f"{label} duration", _seconds, small=small)
+        rows.append(["  duration", duration])
     current = streaks["current"]
     rows.append(["Longest winning streak", _count(streaks["longest_winning"])])
     rows.append(["Longest losing streak", _count(streaks["longest_losing"])])
@@ -243,11 +257,17 @@ def _forecast(document: dict[str, Any]) -> list[str]:
     lines = _with_notes(_render(["forecast quality", "value"], rows), notes)
     buckets = forecast.get("calibration") or []
     if buckets:
-        body = [
-            [f"{b['low']:.1f}-{b['high']:.1f}", _count(b["trades"]), _percent(b["mean_probability"]),
-             _percent(b["win_rate"])]
-            for b in buckets
-        ]
+        body = []
+        for bucket in buckets:
+            mark = "*" if bucket.get("small_sample") else ""
+            body.append(
+                [
+                    f"{bucket['low']:.1f}-{bucket['high']:.1f}",
+                    _count(bucket["trades"]),
+                    _percent(bucket["mean_probability"]) + mark,
+                    _percent(bucket["win_rate"]) + mark,
+                ]
+            )
         lines += [""] + _render(["probability", "trades", "mean forecast", "win rate"], body)
     return lines
 

@@ -71,6 +71,7 @@ class ForecastStats:
                     "trades": count,
                     "mean_probability": ratio(from_fixed(self.bucket_probability[index]) / count),
                     "win_rate": ratio(self.bucket_wins[index] / count),
+                    "small_sample": count < min_trades,
                 }
             )
         figures.set("calibration", buckets)

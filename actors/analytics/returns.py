@@ -116,7 +116,9 @@ class DailyReturns:
         figures.set("periods_per_year", self.periods_per_year)
         if series.base_units() <= 0:
             daily = series.daily_pnl
-            figures.set("days", max(daily) - min(daily) + 1 if daily else 0)
+            days = max(daily) - min(daily) + 1 if daily else 0
+            figures.set("days", days)
+            figures.set("small_sample", days < min_days)
             for name in names:
                 figures.undefined(name, "no_starting_balance")
             return figures.to_dict()

@@ -385,6 +385,7 @@ class MetricsState:
             figures.undefined("max_drawdown_percent", "no_starting_balance")
         else:
             figures.set("max_drawdown_percent", self._drawdown_dict(by_percent, last_us))
+        figures.set("small_sample", self.total.resolved < self.settings.min_trades)
         return figures.to_dict()
 
     def _drawdown_dict(self, drawdown: Any, last_us: int | None) -> dict[str, Any]:
@@ -419,6 +420,13 @@ class MetricsState:
         else:
             figures.undefined("fill_rate", "no_trades")
         self.execution.figures(figures.values, figures.reasons)
+        # Small when any ratio here rests on fewer than min_trades trades. The
+        # fill rate rests on all trades, the slippage on those with an expected
+        # price and the size fill rate on those with a requested size.
+        min_trades = self.settings.min_trades
+        partial_counts = (self.execution.slipped, self.execution.sized)
+        small = any(0 < count < min_trades for count in partial_counts)
+        figures.set("small_sample", filled + total.cancelled < min_trades or small)
         return figures.to_dict()
 
     def _windows(self) -> dict[str, Any]:
