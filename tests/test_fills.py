@@ -214,4 +214,4 @@ def test_notification_shows_average_entry() -> None:
     from actors.notifier import format_resolved
 
     record = build(*scaled_in_then_trimmed(), resolved("t", "150.5", minute=30))
-    assert "long 20 @ 105 " in format_resolved(record)
+    assert "(long 20 @ 105, " in format_resolved(record)
