@@ -121,9 +121,26 @@ def command_replay(args: argparse.Namespace) -> int:
     return 0 if summary.rejected == 0 else 1
 
 
+def _trade_count(text: str | None) -> int | None:
+    """Return the count given to ``report --trades``, or None without one.
+
+    Raises ``CommandError`` unless the count is a whole number above 0.
+    """
+    if text is None:
+        return None
+    try:
+        count: int | None = int(text)
+    except ValueError:
+        count = None
+    if count is None or count < 1:
+        raise CommandError(f"--trades must be a whole number greater than 0, got {text!r}")
+    return count
+
+
 def command_report(args: argparse.Namespace) -> int:
+    trades = _trade_count(args.trades)
     config = _load(args)
-    print_report(config, as_json=args.json)
+    print_report(config, as_json=args.json, trades=trades)
     return 0
 
 
@@ -209,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="print the metrics computed from the database")
     report.add_argument("--json", action="store_true", help="print the metrics document as JSON")
+    report.add_argument(
+        "--trades",
+        metavar="N",
+        help="also list the latest N trades by end time with each one's PnL, capital at risk, "
+        "return on it and holding time (under \"trades\" with --json)",
+    )
     report.set_defaults(handler=command_report)
     status = commands.add_parser("status", help="print the actor states of the running service")
     status.add_argument("--json", action="store_true", help="print the status document as JSON")

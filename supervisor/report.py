@@ -4,32 +4,111 @@
 without it the same document is rendered as plain-text tables. A value from
 fewer trades or days than the configured minimum is marked with ``*``, and
 an undefined value reads "n/a" with its reason below the table.
+
+``--trades N`` adds the latest N trades with each one's PnL, capital at risk,
+return on it and holding time, under "trades" in the JSON document.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
+from actors.analytics.calendar import LocalClock
+from actors.analytics.series import DRAW, LOSS, WIN
 from actors.analytics.settings import MetricsSettings
+from actors.analytics.state import facts_from_row
+from actors.analytics.values import Figures, from_fixed, money, ratio
 from actors.messages import dumps
 from actors.metrics import load_state_sync
-from actors.store import DatabaseError
+from actors.store import DatabaseError, LatestTrade, read_latest_trades_sync
 from supervisor.config import Config
 
 
-def build_report(config: Config) -> dict[str, Any]:
-    """Return the metrics document for every stored trade, archived ones included."""
+def build_report(config: Config, *, trades: int | None = None) -> dict[str, Any]:
+    """Return the metrics document for every stored trade, archived ones included.
+
+    With ``trades``, the document also lists that many of the latest trades
+    under "trades" (see ``trade_row``).
+    """
     settings = MetricsSettings.from_config(config.metrics)
     database = config.service.database_path
+    archive = config.service.archive_path
     if not database.exists():
         raise DatabaseError(
             f"no database at {database}; start the service with 'tradepulse run' "
             "or import a log with 'tradepulse replay FILE' first"
         )
-    _, state = load_state_sync(database, config.service.archive_path, settings)
-    return state.snapshot()
+    if trades is None:
+        _, state = load_state_sync(database, archive, settings)
+        return state.snapshot()
+
+    # The trades are read before and, when the logger committed meanwhile,
+    # again after the metrics, so that both show the same commit.
+    latest = read_latest_trades_sync(database, archive, trades)
+    seq, state = load_state_sync(database, archive, settings)
+    if latest.seq != seq:
+        # NOTE: a commit between the rebuild and this read still makes the
+        # table one commit newer than the metrics.
+        latest = read_latest_trades_sync(database, archive, trades)
+    document = state.snapshot()
+    document["trades"] = [trade_row(trade, settings, state.clock) for trade in latest.trades]
+    return document
+
+
+_OUTCOME_NAMES = {WIN: "win", LOSS: "loss", DRAW: "draw"}
+
+# The reason codes of the values that need a trade's end, by the status of
+# a trade that has none.
+_UNFINISHED_REASONS = {"open": "still_open", "cancelled": "cancelled"}
+
+
+def trade_row(trade: LatestTrade, settings: MetricsSettings, clock: LocalClock) -> dict[str, Any]:
+    """Return one trade's values, each undefined one null with its reason under "undefined".
+
+    The values come from the ``TradeFacts`` that the metrics add up, so the
+    mean of "return_on_risk" over resolved trades is ``expectancy_r`` and that
+    of "holding_seconds" is ``average_holding_seconds``.
+    """
+    facts = facts_from_row(trade.row, settings.break_even_tolerance)
+    figures = Figures()
+    figures.set("trade_id", facts.trade_id)
+    figures.set("status", facts.status)
+    figures.set("outcome", None if facts.outcome is None else _OUTCOME_NAMES[facts.outcome])
+    figures.set("strategy", facts.strategy)
+    figures.set("venue", facts.venue)
+    figures.set("market", facts.market)
+    figures.set("side", facts.side)
+    figures.set("archived", trade.archived)
+    figures.maybe("opened_at", clock.format(facts.opened_us), "no_opening_time")
+    figures.maybe("ended_at", clock.format(trade.ended_us), "still_open")
+    unfinished = _UNFINISHED_REASONS.get(facts.status)
+    if unfinished is None:
+        figures.set("pnl", money(facts.pnl))
+    else:
+        figures.undefined("pnl", unfinished)
+    figures.set("fees", money(facts.fees))
+    figures.maybe("risk", money(facts.risk), "no_entry_price")
+
+    if unfinished is not None:
+        figures.undefined("return_on_risk", unfinished)
+    elif facts.risk is None:
+        figures.undefined("return_on_risk", "no_entry_price")
+    elif facts.r_fixed is None:
+        figures.undefined("return_on_risk", "zero_risk")
+    else:
+        # The same fixed-point value that expectancy_r sums.
+        figures.set("return_on_risk", ratio(from_fixed(facts.r_fixed)))
+
+    if unfinished is not None:
+        figures.undefined("holding_seconds", unfinished)
+    elif facts.hold_us is None:
+        figures.undefined("holding_seconds", "no_opening_time")
+    else:
+        figures.set("holding_seconds", round(facts.hold_us / 1e6, 3))
+    return figures.to_dict()
 
 
 # ---------------------------------------------------------------------------
@@ -100,11 +179,13 @@ class _Notes:
         return text
 
 
-def _render(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+def _render(header: Sequence[str], rows: Sequence[Sequence[str]], *, left: int = 1) -> list[str]:
+    """Lay out a table: the first ``left`` columns aligned left, the others right."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = []
     for index, row in enumerate([header, *rows]):
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        cells = [c.ljust(w) for c, w in zip(row[:left], widths[:left])]
+        cells += [c.rjust(w) for c, w in zip(row[left:], widths[left:])]
         lines.append("  ".join(cells).rstrip())
         if index == 0:
             lines.append("  ".join("-" * w for w in widths))
@@ -290,6 +371,57 @@ def _decisions(document: dict[str, Any]) -> list[str]:
     return _with_notes(_render(["decisions and execution", "value"], rows), notes)
 
 
+# Widths beyond which a text cell of the trades table is shortened in the
+# middle. That keeps most of a question's start and its last word, and
+# both a ticker's series prefix and its date suffix.
+_TRADE_ID_WIDTH = 32
+_STRATEGY_WIDTH = 16
+_MARKET_WIDTH = 28
+
+
+def _shorten(text: str, width: int) -> str:
+    if len(text) <= width:
+        return text
+    tail = (width - 3) // 3
+    return text[: width - 3 - tail] + "..." + text[len(text) - tail :]
+
+
+def _local_minute(value: Any) -> str:
+    return datetime.fromisoformat(value).isoformat(sep=" ", timespec="minutes")
+
+
+def _trades(document: dict[str, Any]) -> list[str]:
+    """Render the "trades" rows, oldest first.
+
+    The values that an open or cancelled trade lacks read "-", because the
+    result column shows its status. Other undefined values read "n/a" with
+    their reason below the table.
+    """
+    trades = document["trades"]
+    if not trades:
+        return ["latest trades: none"]
+    notes = _Notes()
+    body = []
+    for row in trades:
+        finished = row["status"] == "resolved"
+        cells = [
+            _shorten(row["trade_id"], _TRADE_ID_WIDTH),
+            _shorten(row["strategy"], _STRATEGY_WIDTH),
+            _shorten(row["market"], _MARKET_WIDTH),
+            row["outcome"] if finished else row["status"],
+            notes.cell(row, "pnl", "PnL", _money) if finished else "-",
+            notes.cell(row, "risk", "At risk", _money),
+            notes.cell(row, "return_on_risk", "Return", _percent) if finished else "-",
+            notes.cell(row, "holding_seconds", "Held", _seconds) if finished else "-",
+            "-" if row["ended_at"] is None else _local_minute(row["ended_at"]),
+        ]
+        body.append(cells)
+    zone = document["settings"]["timezone"]
+    header = ["trade", "strategy", "market", "result", "PnL", "at risk", "return", "held", f"ended ({zone})"]
+    title = f"latest {len(trades)} trades by end time, oldest first (open ones by opening time)"
+    return [title, *_with_notes(_render(header, body, left=4), notes)]
+
+
 def format_report(document: dict[str, Any]) -> str:
     """Render the metrics document as plain-text tables."""
     sections: list[list[str]] = [_summary(document), _equity(document), _returns(document)]
@@ -314,6 +446,8 @@ def format_report(document: dict[str, Any]) -> str:
     sections.append(_brief_table(market_title, list(document["by_market"].items())))
     sections.append(_forecast(document))
     sections.append(_decisions(document))
+    if "trades" in document:
+        sections.append(_trades(document))
     footer = (
         f"* small sample: fewer than {document['settings']['min_trades']} trades "
         f"(or {document['settings']['min_days']} days for daily returns)"
@@ -321,8 +455,9 @@ def format_report(document: dict[str, Any]) -> str:
     return "\n\n".join("\n".join(lines) for lines in sections) + "\n\n" + footer
 
 
-def print_report(config: Config, *, as_json: bool) -> None:
-    document = build_report(config)
+def print_report(config: Config, *, as_json: bool, trades: int | None = None) -> None:
+    """Print the report, with the latest ``trades`` trades when that is given."""
+    document = build_report(config, trades=trades)
     if as_json:
         print(json.dumps(json.loads(dumps(document)), indent=2))
     else:
