@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from actors.analytics.settings import MetricsSettings
-from actors.analytics.state import MetricsState, facts_from_record, facts_from_row
+from actors.analytics.state import DecimalCache, MetricsState, facts_from_record, facts_from_row
 from actors.logger import Committed
 from actors.store import scan_stored_trades_sync
 from actors.trades import TradeRecord
@@ -61,8 +61,11 @@ def load_state_sync(
     tolerance = state.settings.break_even_tolerance
     bulk = state.start_bulk()
 
+    decimals = DecimalCache()
+    add = bulk.add
+
     def on_trade(row: tuple[Any, ...]) -> None:
-        bulk.add(facts_from_row(row, tolerance))
+        add(facts_from_row(row, tolerance, decimals))
 
     scan = scan_stored_trades_sync(database, archive, on_trade, lambda row: state.missed.add_hold(*row))
     bulk.finish()
