@@ -91,6 +91,11 @@ def trade_row(trade: LatestTrade, settings: MetricsSettings, clock: LocalClock) 
         figures.undefined("pnl", unfinished)
     figures.set("fees", money(facts.fees))
     figures.maybe("risk", money(facts.risk), "no_entry_price")
+    if facts.status == "open":
+        # What an open position has made so far: its partial exits, and the
+        # rest at the latest mark.
+        figures.set("open_realized_pnl", money(facts.open_realized))
+        figures.maybe("unrealized_pnl", money(facts.unrealized), "no_mark")
 
     if unfinished is not None:
         figures.undefined("return_on_risk", unfinished)
@@ -255,6 +260,10 @@ def _equity(document: dict[str, Any]) -> list[str]:
         ["Current drawdown", notes.cell(equity, "current_drawdown", "Current drawdown", _money)],
         ["Current drawdown %", notes.cell(equity, "current_drawdown_percent", "Current drawdown %", _percent)],
         ["Unrealized PnL (marked)", notes.cell(equity, "unrealized_pnl", "Unrealized PnL", _money, small=False)],
+        [
+            "Realized by partial exits, still open",
+            notes.cell(equity, "open_realized_pnl", "Realized by partial exits", _money, small=False),
+        ],
         [
             "Current equity, marked",
             notes.cell(equity, "current_marked", "Current equity, marked", _money, small=False),

@@ -195,12 +195,34 @@ async def test_open_trade_still_open(tmp_path: Path) -> None:
     assert live["outcome"] is None
     assert live["risk"] == 9.63
     assert live["ended_at"] is None
+    assert live["open_realized_pnl"] == 0.0
     assert live["undefined"] == {
         "ended_at": "still_open",
         "pnl": "still_open",
+        "unrealized_pnl": "no_mark",
         "return_on_risk": "still_open",
         "holding_seconds": "still_open",
     }
+
+
+async def test_open_position_shows_partial_exit(tmp_path: Path) -> None:
+    config = config_for(tmp_path)
+    trim = parse_message(
+        {
+            "type": "trade_fill", "trade_id": "trim", "fill_id": "x1", "leg": "exit",
+            "size": "4", "price": "0.99", "filled_at": (BASE_TIME + timedelta(minutes=3)).isoformat(),
+        }
+    )
+    mark = parse_message(
+        {"type": "trade_marked", "trade_id": "trim", "price": "0.90",
+         "marked_at": (BASE_TIME + timedelta(minutes=4)).isoformat()}
+    )
+    await store(config, opened("trim", minute=0), trim, mark)
+    row = rows_by_id(build_report(config, trades=5))["trim"]
+    # 4 of 10 shares sold: 4 x 0.99 - 4 x 0.96 - 0.4 x 0.03 of entry fees.
+    assert row["open_realized_pnl"] == 0.108
+    # The 6 held at 0.90: 6 x 0.90 - 6 x 0.96 - 0.018 of entry fees left.
+    assert row["unrealized_pnl"] == -0.378
 
 
 async def test_cancelled_trade_has_no_result(tmp_path: Path) -> None:
