@@ -215,11 +215,9 @@ class TradeSeries:
         )
         if not keyed:
             return
+        # Nothing is stored yet, so a larger scale needs no rescaling.
         places = max(min(decimal_places(row[2]), MAX_SCALE) for row in keyed)
-        if places > self.scale:
-            # Nothing is stored yet, so nothing needs rescaling.
-            self.scale = places
-        scale = self.scale
+        scale = self.scale = max(self.scale, places)
         units = [to_units(row[2], scale) for row in keyed]
         count = len(keyed)
         self.times = array("q", [row[0] for row in keyed])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, cast
 
 from actors.analytics.calendar import WEEKDAYS, CalendarTables, LocalClock, totals_figures
 from actors.analytics.forecast import ForecastStats
@@ -99,7 +99,8 @@ def facts_from_row(
      size, entry_price, fees, exit_fees, pnl, outcome, probability, exit_price,
      opened_us, resolved_us, mark_price, expected_price, requested_size, fills) = row
     number = DecimalCache() if decimals is None else decimals
-    size_value, price_value, fees_value = number[size], number[entry_price], number[fees] if fees else ZERO
+    size_value, price_value = number[size], number[entry_price]
+    fees_value = cast(Decimal, number[fees]) if fees else ZERO
     position = None
     if fills:
         position = position_of(side, size_value, price_value, fees_value, fills_from_text(fills))
@@ -107,7 +108,7 @@ def facts_from_row(
         trade_id, status, strategy, venue, market, side, market_kind, signal_type,
         _tags(tags),
         size_value, price_value, fees_value,
-        number[exit_fees] if exit_fees else ZERO, number[pnl], outcome,
+        cast(Decimal, number[exit_fees]) if exit_fees else ZERO, number[pnl], outcome,
         number[probability], number[exit_price], opened_us, resolved_us, tolerance,
         number[mark_price], number[expected_price], number[requested_size], position,
     )
