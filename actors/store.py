@@ -112,6 +112,16 @@ MIGRATIONS: dict[int, list[str]] = {
     4: [],
 }
 
+# A random id that a database file gets when it is first opened for writing,
+# outside the numbered migrations because it changes no data. A file derived
+# from the database (the metrics checkpoint) stores the id, and so can tell
+# the database from another one created later at the same path.
+IDENTITY_TABLE = "CREATE TABLE IF NOT EXISTS {schema}database_identity (database_id TEXT NOT NULL)"
+IDENTITY_INSERT = (
+    "INSERT INTO {schema}database_identity (database_id) SELECT lower(hex(randomblob(16))) "
+    "WHERE NOT EXISTS (SELECT 1 FROM {schema}database_identity)"
+)
+
 TRADE_SELECT = f"SELECT {', '.join(TRADE_COLUMNS)} FROM {{table}}"
 TRADE_UPSERT = (
     f"INSERT OR REPLACE INTO {{table}} ({', '.join(TRADE_COLUMNS)}) "
@@ -177,6 +187,8 @@ def migrate_sync(connection: sqlite3.Connection, path: Path, *, check_writable: 
             # A write that changes nothing: a read-only file or folder fails
             # here, at start, and not on the first trade.
             connection.execute("UPDATE commit_sequence SET seq = seq")
+            connection.execute(IDENTITY_TABLE.format(schema=""))
+            connection.execute(IDENTITY_INSERT.format(schema=""))
         connection.commit()
     except sqlite3.DatabaseError as error:
         raise DatabaseError(f"cannot open database {path} for writing: {error}") from None
@@ -214,6 +226,8 @@ def prepare_archive_sync(path: Path) -> None:
             connection.execute(
                 "CREATE INDEX IF NOT EXISTS trades_status_resolved ON trades (status, resolved_at)"
             )
+            connection.execute(IDENTITY_TABLE.format(schema=""))
+            connection.execute(IDENTITY_INSERT.format(schema=""))
             connection.commit()
         finally:
             connection.close()
@@ -239,6 +253,8 @@ async def open_database(
         if archive is not None:
             await connection.execute("ATTACH DATABASE ? AS archive", (str(archive),))
             await connection.execute(TRADES_TABLE.format(schema="archive."))
+            await connection.execute(IDENTITY_TABLE.format(schema="archive."))
+            await connection.execute(IDENTITY_INSERT.format(schema="archive."))
             await connection.commit()
     except sqlite3.DatabaseError as error:
         raise DatabaseError(f"cannot open database {path}: {error}") from None
@@ -252,6 +268,43 @@ def _open_reader(path: Path, archive: Path | None) -> tuple[sqlite3.Connection, 
         connection.execute("ATTACH DATABASE ? AS archive", (str(archive),))
         return connection, True
     return connection, False
+
+
+@dataclass(frozen=True)
+class StoreIdentity:
+    """The latest commit sequence number and the ids of the database and the archive."""
+
+    seq: int
+    # None for a file never opened for writing since ids were introduced,
+    # and for an archive file that does not exist.
+    database_id: str | None
+    archive_id: str | None
+
+
+def _database_id(connection: sqlite3.Connection, schema: str) -> str | None:
+    try:
+        row = connection.execute(f"SELECT database_id FROM {schema}.database_identity").fetchone()
+    except sqlite3.OperationalError as error:
+        if "no such table" in str(error):
+            return None
+        raise
+    return None if row is None else str(row[0])
+
+
+def read_identity_sync(path: Path, archive: Path | None) -> StoreIdentity:
+    """Read the commit sequence number and both files' ids in one read transaction."""
+    connection, has_archive = _open_reader(path, archive)
+    try:
+        connection.execute("BEGIN")
+        seq = connection.execute("SELECT seq FROM commit_sequence").fetchone()[0]
+        database_id = _database_id(connection, "main")
+        archive_id = _database_id(connection, "archive") if has_archive else None
+        connection.execute("COMMIT")
+    except sqlite3.DatabaseError as error:
+        raise DatabaseError(f"cannot read the commit sequence of {path}: {error}") from None
+    finally:
+        connection.close()
+    return StoreIdentity(int(seq), database_id, archive_id)
 
 
 @dataclass
@@ -340,10 +393,12 @@ def _lean_select(connection: sqlite3.Connection, schema: str) -> str:
 
 @dataclass
 class LeanScan:
-    """The commit sequence and decision counts read by ``scan_stored_trades_sync``."""
+    """The commit sequence, decision counts and file ids read by ``scan_stored_trades_sync``."""
 
     seq: int
     decision_counts: dict[str, int]
+    database_id: str | None = None
+    archive_id: str | None = None
 
 
 def scan_stored_trades_sync(
@@ -367,6 +422,8 @@ def scan_stored_trades_sync(
     try:
         connection.execute("BEGIN")
         seq = connection.execute("SELECT seq FROM commit_sequence").fetchone()[0]
+        database_id = _database_id(connection, "main")
+        archive_id = _database_id(connection, "archive") if has_archive else None
         counts = dict(connection.execute("SELECT action, COUNT(*) FROM decisions GROUP BY action"))
 
         main_select = _lean_select(connection, "main")
@@ -399,7 +456,7 @@ def scan_stored_trades_sync(
         raise DatabaseError(f"cannot read trades from {path}: {error}") from None
     finally:
         connection.close()
-    return LeanScan(int(seq), counts)
+    return LeanScan(int(seq), counts, database_id, archive_id)
 
 
 # ---------------------------------------------------------------------------
