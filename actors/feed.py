@@ -198,13 +198,23 @@ async def _handle_request(
         reply = {"status": "rejected", "ref": ref, "error": str(error)}
         return [], lambda: reply
     key = envelope.message.key
-    return [envelope], lambda: {"status": "accepted", "ref": ref, "key": key}
+
+    def reply() -> dict[str, Any]:
+        # Called once the message is committed, when the logger may have
+        # found it wrong against the stored trade.
+        if envelope.rejection is not None:
+            return {"status": "rejected", "ref": ref, **envelope.rejection.to_dict()}
+        return {"status": "accepted", "ref": ref, "key": key}
+
+    return [envelope], reply
 
 
 async def _handle_array(
     items: list[Any], intake: Intake
 ) -> tuple[list[Envelope], Callable[[], dict[str, Any]]]:
     valid: list[Message] = []
+    # The index in the request of each valid message, and the ref it carries.
+    positions: list[tuple[int, Any]] = []
     rejected: list[dict[str, Any]] = []
     rejected_count = 0
     for index, item in enumerate(items):
@@ -212,11 +222,13 @@ async def _handle_array(
             # Validation costs tens of microseconds a message; let other
             # connections run during a large request.
             await trio.lowlevel.checkpoint()
+        ref = item.get("ref") if isinstance(item, dict) else None
         try:
             valid.append(intake.validate(item))
+            positions.append((index, ref))
         except InvalidMessage as error:
             if len(rejected) < MAX_REJECTIONS_LISTED:
-                rejected.append({"index": index, **error.to_dict()})
+                rejected.append({"index": index, "ref": ref, **error.to_dict()})
             rejected_count += 1
     envelopes: list[Envelope] = []
     if valid:
@@ -225,20 +237,37 @@ async def _handle_array(
         except IntakeClosed as error:
             reply = {"status": "rejected", "error": str(error)}
             return [], lambda: reply
-    if not rejected:
-        status = "accepted"
-    elif envelopes:
-        status = "partial"
-    else:
-        status = "rejected"
-    reply = {
-        "status": status,
-        "accepted": len(envelopes),
-        "rejected_count": rejected_count,
-        # The first rejections only, so that a reply stays small.
-        "rejected": rejected,
-    }
-    return envelopes, lambda: reply
+
+    def reply() -> dict[str, Any]:
+        # Called once every message is committed: the logger may have found
+        # some wrong against their stored trades.
+        late = [
+            (positions[number], envelope.rejection)
+            for number, envelope in enumerate(envelopes)
+            if envelope.rejection is not None
+        ]
+        listed = list(rejected)
+        for (index, ref), error in late:
+            if len(listed) < MAX_REJECTIONS_LISTED:
+                listed.append({"index": index, "ref": ref, **error.to_dict()})
+        listed.sort(key=lambda entry: entry["index"])
+        accepted = len(envelopes) - len(late)
+        count = rejected_count + len(late)
+        if not count:
+            status = "accepted"
+        elif accepted:
+            status = "partial"
+        else:
+            status = "rejected"
+        return {
+            "status": status,
+            "accepted": accepted,
+            "rejected_count": count,
+            # The first rejections only, so that a reply stays small.
+            "rejected": listed,
+        }
+
+    return envelopes, reply
 
 
 async def run_feed_server(

@@ -24,9 +24,15 @@ import sqlite_anyio
 import trio
 
 from actors.journal import Journal
-from actors.messages import Decision, Message, TradeMarked, dumps, format_time, message_to_dict
+from actors.messages import Decision, InvalidMessage, Message, dumps, format_time, message_to_dict
 from actors.store import TRADE_SELECT, TRADE_UPSERT, open_database
-from actors.trades import TradeRecord, apply_trade_message, record_to_row, row_to_record
+from actors.trades import (
+    TradeRecord,
+    apply_trade_message,
+    check_against,
+    record_to_row,
+    row_to_record,
+)
 from supervisor.config import LoggerConfig
 from supervisor.faults import check_poison, fault_point
 from supervisor.mailbox import Mailbox
@@ -62,6 +68,9 @@ class Envelope:
     # Set once a transaction holding it has committed, even if the logger
     # failed before acknowledging it.
     stored: bool = False
+    # Set when the stored trade shows the message to be wrong (a price in
+    # cents for a binary market); the message was not applied.
+    rejection: InvalidMessage | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +84,8 @@ class Committed:
     # True for the logger's announcement at start, which carries no changes:
     # a consumer that has not seen ``seq`` yet missed a commit and must rebuild.
     resync: bool = False
+    # Messages of the batch, by index, that the stored trade showed to be wrong.
+    rejections: dict[int, InvalidMessage] = field(default_factory=dict)
 
     @property
     def trades(self) -> list[TradeRecord]:
@@ -162,12 +173,15 @@ async def write_batch(
 
         original = dict(current)
         changed: dict[str, TradeRecord] = {}
-        for message in messages:
+        rejections: dict[int, InvalidMessage] = {}
+        for index, message in enumerate(messages):
             if isinstance(message, Decision):
                 continue
             before = current.get(message.trade_id)
-            if before is None and isinstance(message, TradeMarked):
-                log.info("logger: ignored a mark for unknown trade %s", message.trade_id)
+            try:
+                check_against(before, message)
+            except InvalidMessage as error:
+                rejections[index] = error
                 continue
             after = apply_trade_message(before, message)
             if after != before:
@@ -209,7 +223,7 @@ async def write_batch(
         if not committed:
             await connection.rollback()
     changes = [(original.get(trade_id), after) for trade_id, after in changed.items()]
-    return Committed(int(row[0]), changes, new_decisions)
+    return Committed(int(row[0]), changes, new_decisions, rejections=rejections)
 
 
 def _is_storage_failure(error: Exception) -> bool:
@@ -264,6 +278,11 @@ class _Logger:
         committed = await write_batch(self.connection, messages)
         for envelope in envelopes:
             envelope.stored = True
+        for index, error in committed.rejections.items():
+            message = messages[index]
+            if envelopes:
+                envelopes[index].rejection = error
+            log.warning("logger: rejected %s for trade %s: %s", type(message).__name__, message.key, error)
         # A crash here leaves the batch committed but unacknowledged; it is
         # delivered again and the idempotent write changes nothing.
         fault_point("logger.after_commit")

@@ -48,12 +48,13 @@ CREATE TABLE IF NOT EXISTS {schema}trades (
     mark_price TEXT,
     expected_price TEXT,
     requested_size TEXT,
-    fills TEXT
+    fills TEXT,
+    marked_at TEXT
 )
 """
 
 # Columns added after version 1, for tables created before them.
-ADDED_TRADE_COLUMNS = ("mark_price", "expected_price", "requested_size", "fills")
+ADDED_TRADE_COLUMNS = ("mark_price", "expected_price", "requested_size", "fills", "marked_at")
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -107,7 +108,7 @@ MIGRATIONS: dict[int, list[str]] = {
         """,
     ],
     # Versions 3 and 4 add the columns of ADDED_TRADE_COLUMNS (4: the fills
-    # after a trade's opening); see _add_trade_columns.
+    # after a trade's opening and the time of its mark); see _add_trade_columns.
     3: [],
     4: [],
 }

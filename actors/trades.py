@@ -25,6 +25,7 @@ from decimal import ROUND_HALF_EVEN, Context, Decimal
 from typing import Any, Literal
 
 from actors.messages import (
+    InvalidMessage,
     TradeCancelled,
     TradeFill,
     TradeMarked,
@@ -98,6 +99,8 @@ class TradeRecord:
     # NOTE: each new fill rewrites the trade's whole fill list, so a position
     # with many thousands of fills costs more per fill; none is refused.
     fills: tuple[Fill, ...] = ()
+    # The time of ``mark_price``: an older mark that arrives later is ignored.
+    marked_at: datetime | None = None
 
     @property
     def ended_at(self) -> datetime | None:
@@ -220,6 +223,26 @@ def outcome_of(pnl: Decimal) -> Literal["win", "loss", "draw"]:
     return "draw"
 
 
+BINARY_PRICE_LIMIT = Decimal(1)
+
+
+def check_against(record: TradeRecord | None, message: TradeMessage) -> None:
+    """Raise ``InvalidMessage`` for a message that the stored trade shows to be wrong.
+
+    The message alone cannot tell that a fill or mark price of 97 is in
+    cents: the trade's market kind, known from its opening, does.
+    """
+    if record is None or record.market_kind != "binary":
+        return
+    if isinstance(message, (TradeFill, TradeMarked)) and message.price > BINARY_PRICE_LIMIT:
+        raise InvalidMessage(
+            "price",
+            str(message.price),
+            f"trade {message.trade_id} is on a binary market, whose prices lie in [0, 1]; "
+            "convert cents to dollars",
+        )
+
+
 def apply_trade_message(record: TradeRecord | None, message: TradeMessage) -> TradeRecord:
     """Return the record that results from applying ``message`` to ``record``."""
     if isinstance(message, TradeOpened):
@@ -277,11 +300,21 @@ def apply_trade_message(record: TradeRecord | None, message: TradeMessage) -> Tr
         return dataclasses.replace(record, fills=fills)
 
     if isinstance(message, TradeMarked):
-        # A mark only matters while the position is open; a mark for a trade
-        # not yet known is dropped by the caller.
-        if record is None or record.status != "open":
-            return record  # type: ignore[return-value]
-        return dataclasses.replace(record, mark_price=message.price)
+        if record is None:
+            # A mark that overtook its opening: the position exists.
+            return TradeRecord(
+                trade_id=message.trade_id, status="open",
+                mark_price=message.price, marked_at=message.marked_at,
+            )
+        # A mark only matters while the position is open. The latest mark by
+        # time wins, and at the same time the higher price, so that the
+        # order of arrival does not matter.
+        if record.status != "open":
+            return record
+        if record.marked_at is not None and record.mark_price is not None:
+            if (message.marked_at, message.price) <= (record.marked_at, record.mark_price):
+                return record
+        return dataclasses.replace(record, mark_price=message.price, marked_at=message.marked_at)
 
     assert isinstance(message, TradeCancelled)
     if record is not None and record.status != "open":
@@ -316,7 +349,7 @@ _DECIMAL_COLUMNS = frozenset(
         "requested_size",
     }
 )
-_TIME_COLUMNS = frozenset({"opened_at", "resolved_at", "cancelled_at"})
+_TIME_COLUMNS = frozenset({"opened_at", "resolved_at", "cancelled_at", "marked_at"})
 
 
 def fills_to_text(fills: tuple[Fill, ...]) -> str | None:

@@ -215,3 +215,40 @@ def test_notification_shows_average_entry() -> None:
 
     record = build(*scaled_in_then_trimmed(), resolved("t", "150.5", minute=30))
     assert "(long 20 @ 105, " in format_resolved(record)
+
+
+def test_older_mark_arriving_later_ignored() -> None:
+    newer, older = marked("t", "110", minute=60), marked("t", "90", minute=30)
+    record = build(LONG("t"), newer, older)
+    assert record.mark_price == D(110)
+    assert build(LONG("t"), older, newer) == record
+
+
+async def test_cents_rejected_over_ingest(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    async with running(config) as service:
+        async with open_websocket(
+            "127.0.0.1", service.port, "/ingest", use_ssl=False, extra_headers=auth(service)
+        ) as ws:
+            await ws.send_message(json.dumps(message_to_dict(opened("k", fees="0"))))
+            assert json.loads(await ws.get_message())["status"] == "accepted"
+            batch = [
+                {**message_to_dict(fill("k", "f1", "entry", "10", "97")), "ref": "a"},
+                {**message_to_dict(fill("k", "f2", "entry", "10", "0.97")), "ref": "b"},
+                {"type": "trade_fill", "ref": "c"},
+            ]
+            await ws.send_message(json.dumps(batch))
+            reply = json.loads(await ws.get_message())
+            await ws.send_message(json.dumps(message_to_dict(marked("k", "999"))))
+            single = json.loads(await ws.get_message())
+    assert reply["status"] == "partial"
+    assert reply["accepted"] == 1
+    assert reply["rejected_count"] == 2
+    assert [(entry["index"], entry["ref"], entry["field"]) for entry in reply["rejected"]] == [
+        (0, "a", "price"),
+        (2, "c", "leg"),
+    ]
+    assert single["status"] == "rejected"
+    assert single["field"] == "price"
+    (fills,) = stored(config, "SELECT fills FROM trades WHERE trade_id = 'k'")[0]
+    assert [item[0] for item in json.loads(fills)] == ["f2"]

@@ -10,7 +10,7 @@ import trio
 
 from actors.logger import Committed, Envelope, run_logger, write_batch
 from actors.store import SCHEMA_VERSION, load_stored_state_sync, open_database
-from helpers import cancelled, decision, opened, resolved
+from helpers import cancelled, decision, fill, marked, opened, resolved
 from supervisor.config import LoggerConfig
 from supervisor.mailbox import Mailbox
 
@@ -149,10 +149,11 @@ async def test_mark_updates_open_trade(tmp_path: Path) -> None:
     mark = parse_message(
         {"type": "trade_marked", "trade_id": "t1", "price": "0.97", "marked_at": "2026-07-01T12:05:00Z"}
     )
-    unknown = await write_batch(connection, [mark])
+    early = await write_batch(connection, [mark])
     await write_batch(connection, [opened("t1", expected_price="0.95", requested_size="20"), mark])
     await connection.close()
-    assert unknown.trades == []
+    # A mark that overtook its opening is kept, and the opening fills in the rest.
+    assert [record.mark_price for record in early.trades] == [Decimal("0.97")]
     assert rows(tmp_path / "t.sqlite", "SELECT mark_price, expected_price, requested_size FROM trades") == [
         ("0.97", "0.95", "20")
     ]
@@ -179,3 +180,15 @@ def test_old_database_gains_columns(tmp_path: Path) -> None:
     columns = [row[1] for row in rows(path, "PRAGMA table_info(trades)")]
     assert columns[-4:] == ["mark_price", "expected_price", "requested_size", "fills"]
     assert rows(path, "SELECT MAX(version) FROM schema_version") == [(SCHEMA_VERSION,)]
+
+
+async def test_binary_fill_in_cents_rejected(tmp_path: Path) -> None:
+    connection = await open_database(tmp_path / "t.sqlite", tmp_path / "a.sqlite")
+    cents = fill("t1", "f1", "entry", "10", "97")
+    committed = await write_batch(connection, [opened("t1"), cents, marked("t1", "0.5")])
+    await connection.close()
+    error = committed.rejections[1]
+    assert error.field == "price"
+    assert "binary market" in str(error)
+    assert list(committed.rejections) == [1]
+    assert rows(tmp_path / "t.sqlite", "SELECT fills, mark_price FROM trades") == [(None, "0.5")]
