@@ -167,7 +167,7 @@ def test_old_database_gains_columns(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
     connection = stdlib.connect(path)
     old_table = TRADES_TABLE.format(schema="").replace(
-        ",\n    mark_price TEXT,\n    expected_price TEXT,\n    requested_size TEXT,\n    fills TEXT", ""
+        ",\n    mark_price TEXT,\n    expected_price TEXT,\n    requested_size TEXT,\n    fills TEXT,\n    marked_at TEXT", ""
     )
     connection.execute(old_table)
     connection.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
@@ -178,7 +178,7 @@ def test_old_database_gains_columns(tmp_path: Path) -> None:
     connection.close()
     open_sync(path).close()
     columns = [row[1] for row in rows(path, "PRAGMA table_info(trades)")]
-    assert columns[-4:] == ["mark_price", "expected_price", "requested_size", "fills"]
+    assert columns[-5:] == ["mark_price", "expected_price", "requested_size", "fills", "marked_at"]
     assert rows(path, "SELECT MAX(version) FROM schema_version") == [(SCHEMA_VERSION,)]
 
 
