@@ -236,8 +236,7 @@ def _summary(document: dict[str, Any]) -> list[str]:
     blank = [""] * (len(columns) - 1)
     rows.append(["Max drawdown", notes.cell(document, "max_drawdown", "Max drawdown", _money), *blank])
     for key, label in (("largest_win", "Largest win"), ("largest_loss", "Largest loss")):
-        value = document.get(key)
-        rows.append([label, "n/a" if value is None else _money(value), *blank])
+        rows.append([label, notes.cell(document, key, label, _money), *blank])
     decisions = document["decisions"]
     rows.append(
         ["Decisions (trade/hold)", f"{decisions.get('trade', 0)}/{decisions.get('hold', 0)}", *blank]
@@ -271,8 +270,8 @@ def _equity(document: dict[str, Any]) -> list[str]:
         ["Current drawdown, marked", notes.cell(equity, "current_drawdown_marked", "Current drawdown, marked", _money)],
     ]
     drawdowns = (
-        ("max_drawdown", "Max drawdown (currency)"),
-        ("max_drawdown_percent", "Max drawdown (percent)"),
+        ("max_drawdown", "Max drawdown by amount"),
+        ("max_drawdown_percent", "Max drawdown by fraction, amount"),
     )
     for key, label in drawdowns:
         drawdown = equity.get(key)

@@ -401,3 +401,17 @@ async def test_loader_reads_optional_columns(tmp_path: Path) -> None:
     assert document["equity"]["unrealized_pnl"] == -0.63
     assert document["execution"]["slippage"] == 0.1
     assert document["execution"]["size_fill_rate"] == 0.5
+
+
+def test_largest_loss_undefined_with_reason() -> None:
+    from actors.metrics import MetricsState
+    from helpers import opened, resolved
+    from test_metrics import feed
+
+    state = MetricsState()
+    feed(state, opened("a"), resolved("a", "1"))
+    snapshot = state.snapshot()
+    assert snapshot["largest_win"] == 1.0
+    assert snapshot["largest_loss"] is None
+    assert snapshot["undefined"]["largest_loss"] == "no_losing_trades"
+    assert "largest_loss" not in state.snapshot()["by_strategy"]["momentum"].get("undefined", {})

@@ -82,7 +82,7 @@ async def test_equity_flags_small_sample(tmp_path: Path) -> None:
 
 async def test_equity_text_marks_drawdowns_only(tmp_path: Path) -> None:
     text = format_report(await report_of(tmp_path, *WIN_THEN_LOSS, starting_balance=100, min_trades=3))
-    assert line_of(text, "Max drawdown (currency)").endswith(" 1.00*")
+    assert line_of(text, "Max drawdown by amount").endswith(" 1.00*")
     assert line_of(text, "  of peak equity").endswith(" 0.98%*")
     assert line_of(text, "Current drawdown %").endswith(" 0.98%*")
     # A balance is exact whatever the sample.

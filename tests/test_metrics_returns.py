@@ -115,3 +115,12 @@ def test_blown_account_is_undefined() -> None:
     figures = state.snapshot()["returns"]
     assert figures["sharpe"] is None
     assert figures["undefined"]["sharpe"] == "equity_not_positive"
+
+
+def test_blown_account_keeps_total_return() -> None:
+    state = state_of(
+        [resolved("a", "-150", minute=0), resolved("b", "250", minute=1440)], starting_balance=100
+    )
+    figures = state.snapshot()["returns"]
+    assert figures["total_return"] == 1.0
+    assert "total_return" not in figures["undefined"]

@@ -133,13 +133,17 @@ class DailyReturns:
                 figures.undefined(name, "no_trades")
             return figures.to_dict()
         end = states[-1]
+        base = series.base_units()
         if end.broke:
+            # The daily returns stop being defined once the equity reaches
+            # 0, but the growth from start to end stays defined.
             for name in names:
-                figures.undefined(name, "equity_not_positive")
+                if name != "total_return":
+                    figures.undefined(name, "equity_not_positive")
+            figures.set("total_return", ratio(end.equity / base - 1, 9))
             return figures.to_dict()
 
         scale = math.sqrt(self.periods_per_year)
-        base = series.base_units()
         figures.set("total_return", ratio(end.equity / base - 1, 9))
         figures.set("max_drawdown", ratio(end.max_drawdown, 9))
         if days < 2:
