@@ -252,3 +252,13 @@ async def test_cents_rejected_over_ingest(tmp_path: Path) -> None:
     assert single["field"] == "price"
     (fills,) = stored(config, "SELECT fills FROM trades WHERE trade_id = 'k'")[0]
     assert [item[0] for item in json.loads(fills)] == ["f2"]
+
+
+def test_excess_exit_counted_in_execution() -> None:
+    excess = fill("e", "x", "exit", "12", "100", minute=1)
+    state = MetricsState()
+    feed(state, LONG("e"), excess, LONG("f"))
+    assert state.snapshot()["execution"]["excess_exit_positions"] == 1
+    corrected = MetricsState()
+    feed(corrected, LONG("e"), excess, fill("e", "x", "exit", "10", "100", minute=1))
+    assert corrected.snapshot()["execution"]["excess_exit_positions"] == 0

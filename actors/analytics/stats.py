@@ -57,7 +57,7 @@ class TradeFacts:
         "signal_type", "tags", "cost", "risk", "fees", "pnl", "outcome", "r_fixed",
         "opened_us", "resolved_us", "hold_us", "probability", "exit_price",
         "unrealized", "slippage_cost", "slippage_bps_fixed", "size", "requested_size",
-        "open_realized",
+        "open_realized", "excess_exit",
     )
 
     def __init__(
@@ -138,6 +138,7 @@ class TradeFacts:
         # PnL that partial exits realized on a position still open. Once the
         # trade resolves, its PnL covers them.
         self.open_realized = ZERO
+        self.excess_exit = position is not None and position.excess_size > 0
         if position is not None and status != "cancelled":
             self.size = position.entered_size
             if status == "open":
@@ -338,7 +339,10 @@ class Stats:
 class ExecutionStats:
     """Slippage against the expected price, and filled against requested size, over all trades."""
 
-    __slots__ = ("filled_size", "requested_size", "sized", "slippage_bps", "slippage_cost", "slipped")
+    __slots__ = (
+        "filled_size", "requested_size", "sized", "slippage_bps", "slippage_cost", "slipped",
+        "excess_exits",
+    )
 
     def __init__(self) -> None:
         self.slipped = 0
@@ -347,9 +351,13 @@ class ExecutionStats:
         self.sized = 0
         self.requested_size = ZERO
         self.filled_size = ZERO
+        # Positions whose exit fills add up to more than their entries.
+        self.excess_exits = 0
 
     def add(self, facts: TradeFacts, sign: int) -> None:
         add = MONEY_CONTEXT.add
+        if facts.excess_exit:
+            self.excess_exits += sign
         if facts.slippage_cost is not None and facts.slippage_bps_fixed is not None:
             self.slipped += sign
             self.slippage_cost = add(self.slippage_cost, facts.slippage_cost if sign > 0 else -facts.slippage_cost)
@@ -362,6 +370,7 @@ class ExecutionStats:
 
     def figures(self, document: dict[str, Any], undefined: dict[str, str]) -> None:
         """Add the slippage and size fill figures to an execution section."""
+        document["excess_exit_positions"] = self.excess_exits
         document["slipped_trades"] = self.slipped
         if self.slipped:
             document["slippage"] = float(self.slippage_cost)
