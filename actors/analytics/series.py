@@ -20,10 +20,8 @@ from __future__ import annotations
 import zlib
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, MutableSequence
 from dataclasses import dataclass
 from decimal import Decimal
-from operator import itemgetter
 from typing import Any
 
 from actors.analytics.columns import MAX_SCALE, ScaledColumn, decimal_places, from_units, to_units
@@ -82,17 +80,6 @@ _LARGEST_WIN, _LARGEST_LOSS, _PDD_AMOUNT = 20, 21, 22
 
 _INITIAL_STATE = (0, 0, 0, 0, 0, None, 0, 0, None, None, None, 0.0, 0, None, None, None,
                   None, 0, 0, 0, 0, 0, 0)
-
-
-_ROW_ORDER = itemgetter(0, 1)
-
-
-def _int_column(values: list[int]) -> MutableSequence[int]:
-    """Return ``values`` as 64-bit integers, or as a list when one does not fit."""
-    try:
-        return array("q", values)
-    except OverflowError:
-        return values
 
 
 class TradeSeries:
@@ -172,8 +159,13 @@ class TradeSeries:
     def add(self, time_us: int, trade_id: str, pnl: Decimal, outcome: int) -> None:
         units = self.units(pnl)
         tie = tie_break(trade_id)
-        index = self._position(time_us, tie)
-        if index == len(self.times):
+        times = self.times
+        index = len(times)
+        # Most rows sort after the last one (a new resolution, or a rebuild
+        # that reads in time order), and only the others need a search.
+        if index and (time_us < times[-1] or (time_us == times[-1] and tie < self.ties[-1])):
+            index = self._position(time_us, tie)
+        if index == len(times):
             self.times.append(time_us)
             self.ties.append(tie)
             self.pnl.append(units)
@@ -195,45 +187,6 @@ class TradeSeries:
         self.daily_pnl[day] = self.daily_pnl.get(day, 0) + units
         self._touch_day(day)
         self._invalidate(index)
-
-    def add_many(self, rows: Iterable[tuple[int, str, Decimal, int]]) -> None:
-        """Add rows of (time, trade id, PnL, outcome), with the result of ``add`` on each in turn.
-
-        Into an empty series the rows are sorted once and each column is
-        built in one pass, instead of one insertion per row, which a rebuild
-        of a long history needs.
-        """
-        if self.times:
-            for row in rows:
-                self.add(*row)
-            return
-        # A stable sort by (time, tie-break) keeps rows with equal keys in
-        # the given order, where ``add`` puts them too.
-        keyed = sorted(
-            ((time_us, tie_break(trade_id), pnl, outcome) for time_us, trade_id, pnl, outcome in rows),
-            key=_ROW_ORDER,
-        )
-        if not keyed:
-            return
-        # Nothing is stored yet, so a larger scale needs no rescaling.
-        places = max(min(decimal_places(row[2]), MAX_SCALE) for row in keyed)
-        scale = self.scale = max(self.scale, places)
-        units = [to_units(row[2], scale) for row in keyed]
-        count = len(keyed)
-        self.times = array("q", [row[0] for row in keyed])
-        self.ties = array("L", [row[1] for row in keyed])
-        self.pnl.values = _int_column(units)
-        self.outcomes = array("b", [row[3] for row in keyed])
-        self.cum_pnl.values = array("q", [0]) * count
-        self.cum_gross_profit.values = array("q", [0]) * count
-        self.cum_wins = array("l", [0]) * count
-        self.cum_losses = array("l", [0]) * count
-        daily = self.daily_pnl
-        for time_us, amount in zip(self.times, units):
-            day = time_us // 86_400_000_000
-            daily[day] = daily.get(day, 0) + amount
-        self._touch_day(self.times[0] // 86_400_000_000)
-        self._invalidate(0)
 
     def remove(self, time_us: int, trade_id: str, pnl: Decimal, outcome: int) -> None:
         """Remove the row that ``add`` made from the same values; raises KeyError if absent."""
