@@ -45,7 +45,7 @@ import sys
 import threading
 import zlib
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -414,7 +414,12 @@ def _count(value: Any, name: str) -> int:
 
 
 def _read_payload(file: io.BufferedReader, header: dict[str, Any]) -> MetricsState:
-    """Read, verify and unpickle what follows the header."""
+    """Read, unpickle and verify what follows the header.
+
+    The buffers are read one at a time as the unpickler asks for them, so
+    that loading needs little memory beyond the state itself. The state is
+    returned only once the checksum over the whole payload matches.
+    """
     pickle_length = _count(header.get("pickle_length"), "pickle_length")
     checksum = _count(header.get("crc32"), "crc32")
     listed = header.get("buffer_lengths")
@@ -427,21 +432,27 @@ def _read_payload(file: io.BufferedReader, header: dict[str, Any]) -> MetricsSta
     actual_size = os.fstat(file.fileno()).st_size - file.tell()
     if actual_size != expected_size:
         raise _Unusable(f"its size is wrong: {actual_size} bytes after the header, expected {expected_size}")
-    payload = file.read(expected_size)
-    if len(payload) != expected_size or zlib.crc32(payload) != checksum:
-        raise _Unusable("its checksum does not match its content")
 
-    view = memoryview(payload)
-    buffers = []
-    offset = pickle_length
-    for length in buffer_lengths:
-        buffers.append(view[offset : offset + length])
-        offset += length
+    data = file.read(pickle_length)
+    crc = zlib.crc32(data)
+    consumed = 0
+
+    def buffers() -> Iterator[bytes]:
+        nonlocal crc, consumed
+        for length in buffer_lengths:
+            chunk = file.read(length)
+            crc = zlib.crc32(chunk, crc)
+            consumed += 1
+            yield chunk
+
     try:
-        return unpickle_state(view[:pickle_length], buffers)
+        state = unpickle_state(data, buffers())
     except Exception as error:  # noqa: BLE001
         # Whatever a damaged or forged pickle raises, the caller rebuilds.
         raise _Unusable(f"it cannot be unpickled: {type(error).__name__}: {error}") from None
+    if consumed != len(buffer_lengths) or crc != checksum:
+        raise _Unusable("its checksum does not match its content")
+    return state
 
 
 def load_checkpoint_sync(path: Path, expected: CheckpointKey) -> MetricsState | None:
