@@ -12,6 +12,7 @@ import logging
 import os
 import pickle
 import shutil
+from array import array
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -348,7 +349,7 @@ def forge(path: Path, key: CheckpointKey, data: bytes) -> None:
 async def test_forbidden_class_refused(
     stored: tuple[Path, Path, int], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    database, archive, seq = stored
+    database, archive, _ = stored
     marker = tmp_path / "exploited"
     path = checkpoint_path(database)
     key = current_key(database, archive)
@@ -575,3 +576,12 @@ def test_pickle_leaves_arrays_out_of_band() -> None:
         pickled.release()
     state.apply_change(None, later)
     assert len(state.series) == 4
+
+
+def test_rebuilt_array_frees_its_buffer() -> None:
+    # The unpickler's memo keeps each buffer until the load ends, so the
+    # copy is dropped as soon as the array has its own.
+    buffer = bytearray(array("q", [1, -2, 3]).tobytes())
+    values = checkpoint_module._rebuild_array("q", buffer)
+    assert list(values) == [1, -2, 3]
+    assert len(buffer) == 0
