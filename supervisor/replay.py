@@ -63,6 +63,15 @@ class ReplaySummary:
         return "\n".join(lines)
 
 
+def _settle(summary: ReplaySummary, envelope: Envelope) -> None:
+    """Count a committed message as rejected when the logger found it wrong against its trade."""
+    if envelope.rejection is not None:
+        summary.accepted -= 1
+        summary.rejected += 1
+        if len(summary.errors) < MAX_PROBLEMS_SHOWN:
+            summary.errors.append(str(envelope.rejection))
+
+
 class Progress:
     """A one-line progress bar on stderr, redrawn at most every 0.1 s."""
 
@@ -202,10 +211,11 @@ async def _replay_in_process(
             summary.accepted += 1
             # Advance the bar as commits land, not as messages are queued.
             while pending and pending[0].committed.is_set():
-                pending.pop(0)
+                _settle(summary, pending.pop(0))
                 progress.advance(1)
         for envelope in pending:
             await envelope.committed.wait()
+            _settle(summary, envelope)
             progress.advance(1)
         # Give the metrics actor time to publish the final snapshot to the feed.
         while service.metrics_inbox.depth:
