@@ -106,8 +106,8 @@ class TradeFacts:
         self.opened_us = opened_us
         self.resolved_us = resolved_us if status == "resolved" else None
         if position is not None and position.entered_size:
-            # Capital at risk is every entry's cost; what is exposed while
-            # open is the cost basis still held.
+            # Capital at risk is the cost of every entry. What is exposed
+            # while open is the cost basis still held.
             self.risk: Decimal | None = MONEY_CONTEXT.add(position.entered_cost, entry_fees)
             self.cost: Decimal | None = position.held_cost if status == "open" else position.entered_cost
         elif size is not None and entry_price is not None:
