@@ -1,4 +1,4 @@
-"""Measure the metrics with a million stored trades: rebuild, live snapshot, memory.
+"""Measure the metrics with a million stored trades: rebuild, checkpoint, live snapshot, memory.
 
 Run from the repository root:
 
@@ -7,14 +7,26 @@ Run from the repository root:
 It writes a synthetic history into a fresh SQLite database and archive (60 %
 of the trades archived, as after months of running), then measures
 
-1. the full recomputation from the database (``load_state_sync``), then the
+1. the baseline: reading every row with the rebuild's reader
+   (``scan_stored_trades_sync``) and doing nothing with it;
+2. the full recomputation from the database (``load_state_sync``), then the
    first snapshot, which scans the whole series once;
-2. the cost of one new trade: a committed opening and resolution applied to
+3. writing the checkpoint of the rebuilt state as the metrics actor does:
+   pickling on a trio event loop, whose longest stall a ticker task
+   records, then the write in a worker thread (fsync included);
+4. a restart from that checkpoint (``restore_state_sync``), then the first
+   snapshot, and a check that the restored document equals the rebuilt one;
+5. the cost of one new trade: a committed opening and resolution applied to
    the rebuilt state, then a snapshot, over 2,000 trades (median and 99th
    percentile);
-3. the resident memory of the service: ``tradepulse run`` on the same data,
+6. the resident memory of the service: ``tradepulse run`` on the same data,
    started beside the in-process measurements and read from /proc once its
-   metrics actor has published its first snapshot (current and peak).
+   metrics actor has published its first snapshot (current and peak). The
+   service writes its own checkpoint once its rebuild is done, or at its
+   stop. A second run then starts from it, and its start time and memory
+   are read the same way.
+
+Times 2 to 4 are also given as a ratio to the baseline of the same run.
 
 The history has 2,000 markets, 5 strategies, 3 venues, 10 tags and 5 signal
 types over three years. Three trades in four are binary shares with a
@@ -40,13 +52,26 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import trio
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
+from actors.analytics.checkpoint import (
+    CheckpointKey,
+    checkpoint_path,
+    pickle_state,
+    write_checkpoint_sync,
+)
 from actors.analytics.settings import MetricsSettings
 from actors.analytics.state import MetricsState
-from actors.metrics import load_state_sync
-from actors.store import open_sync, prepare_archive_sync
+from actors.metrics import load_state_sync, restore_state_sync
+from actors.store import (
+    open_sync,
+    prepare_archive_sync,
+    read_identity_sync,
+    scan_stored_trades_sync,
+)
 from actors.trades import TradeRecord
 from supervisor.config import MetricsConfig
 
@@ -130,6 +155,19 @@ def write_history(folder: Path, count: int) -> tuple[Path, Path]:
     return database, archive
 
 
+def measure_row_read(database: Path, archive: Path) -> tuple[float, int]:
+    """Read every trade and HOLD row with the rebuild's reader, doing nothing; return seconds and rows."""
+    rows = 0
+
+    def count(row: tuple[object, ...]) -> None:
+        nonlocal rows
+        rows += 1
+
+    started = time.perf_counter()
+    scan_stored_trades_sync(database, archive, count, count)
+    return time.perf_counter() - started, rows
+
+
 def measure_rebuild(database: Path, archive: Path, settings: MetricsSettings) -> tuple[float, float, MetricsState]:
     """Rebuild the state and build its first snapshot; return both times in seconds and the state."""
     started = time.perf_counter()
@@ -138,6 +176,77 @@ def measure_rebuild(database: Path, archive: Path, settings: MetricsSettings) ->
     # The first snapshot scans the whole series once; the service pays it too.
     state.snapshot()
     return loaded - started, time.perf_counter() - loaded, state
+
+
+@dataclasses.dataclass
+class CheckpointWrite:
+    """Times of one checkpoint write, in seconds, and its size in bytes."""
+
+    # Pickling on the event loop, and the longest time the loop did not run.
+    pause: float
+    max_stall: float
+    # Pickling plus the write in the worker thread, fsync included.
+    total: float
+    size: int
+
+
+def measure_checkpoint_write(
+    database: Path, archive: Path, state: MetricsState, settings: MetricsSettings
+) -> CheckpointWrite:
+    """Write the checkpoint of ``state`` as the metrics actor does, on a trio event loop."""
+    identity = read_identity_sync(database, archive)
+    key = CheckpointKey.current(identity, settings)
+    assert key is not None, "the benchmark database has no id"
+    result: list[CheckpointWrite] = []
+
+    async def write() -> None:
+        stalls = [0.0]
+        done = trio.Event()
+
+        async def ticker() -> None:
+            last = time.perf_counter()
+            while not done.is_set():
+                await trio.sleep(0.001)
+                now = time.perf_counter()
+                stalls.append(now - last)
+                last = now
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            await trio.sleep(0.05)
+            started = time.perf_counter()
+            pickled = pickle_state(state)
+            pause = time.perf_counter() - started
+            path = checkpoint_path(database)
+            written = await trio.to_thread.run_sync(write_checkpoint_sync, path, key, pickled)
+            total = time.perf_counter() - started
+            size = pickled.size
+            pickled.release()
+            assert written, "the checkpoint could not be written"
+            await trio.sleep(0.05)
+            done.set()
+        result.append(CheckpointWrite(pause, max(stalls), total, size))
+
+    trio.run(write)
+    return result[0]
+
+
+def measure_restore(
+    database: Path, archive: Path, settings: MetricsSettings
+) -> tuple[float, float, MetricsState]:
+    """Restart from the checkpoint and build the first snapshot; return both times and the state."""
+    started = time.perf_counter()
+    restored = restore_state_sync(database, archive, settings)
+    loaded = time.perf_counter()
+    assert restored.from_checkpoint, "the checkpoint was not used"
+    restored.state.snapshot()
+    return loaded - started, time.perf_counter() - loaded, restored.state
+
+
+def _document(state: MetricsState) -> dict[str, object]:
+    document = state.snapshot()
+    document.pop("generated_at")
+    return document
 
 
 def measure_new_trades(state: MetricsState) -> list[float]:
@@ -181,6 +290,15 @@ def _rss(pid: int) -> tuple[int, int]:
     return values["VmRSS"], values["VmHWM"]
 
 
+# Log lines of the metrics actor once it has looked for a checkpoint.
+_CHECKPOINT_LOOKED_UP = (
+    "metrics: no checkpoint",
+    "metrics: loaded checkpoint",
+    "metrics: cannot read checkpoint",
+    "not used because",
+)
+
+
 class ServiceProbe:
     """``tradepulse run`` on the benchmark data, watched until its metrics actor has started.
 
@@ -203,6 +321,11 @@ class ServiceProbe:
         )
         self.started = time.perf_counter()
         self.ready: float | None = None
+        # Set once the metrics actor has looked for a checkpoint.
+        self.checked = threading.Event()
+        # The log line of the metrics start, and of the service's latest checkpoint write.
+        self.start_line = ""
+        self.checkpoint_line = ""
         self.process = subprocess.Popen(
             [sys.executable, "-m", "supervisor.cli", "--config", str(config), "run"],
             cwd=REPOSITORY, env=environment, stderr=subprocess.PIPE, text=True,
@@ -213,8 +336,13 @@ class ServiceProbe:
     def _watch(self) -> None:
         assert self.process.stderr is not None
         for line in self.process.stderr:
+            if any(text in line for text in _CHECKPOINT_LOOKED_UP):
+                self.checked.set()
             if self.ready is None and "metrics: started with" in line:
                 self.ready = time.perf_counter() - self.started
+                self.start_line = line.strip()
+            if "metrics: wrote checkpoint" in line:
+                self.checkpoint_line = line.strip()
 
     def memory(self, timeout: float) -> tuple[int, int, float]:
         """Wait for the metrics actor, then return the current and peak RSS in kB and the start time."""
@@ -230,6 +358,11 @@ class ServiceProbe:
         current, peak = _rss(self.process.pid)
         return current, peak, self.ready
 
+    def wait_until_checked(self, timeout: float) -> None:
+        """Wait until the metrics actor has looked for a checkpoint, so that one written now is not used."""
+        if not self.checked.wait(timeout):
+            raise RuntimeError(f"the service's metrics did not look for a checkpoint within {timeout:.0f} s")
+
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
         try:
@@ -237,6 +370,11 @@ class ServiceProbe:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        self._watcher.join(timeout=5)
+
+
+def _ratio(seconds: float, baseline: float) -> str:
+    return f"{seconds / baseline:.2f} x the baseline"
 
 
 def main() -> None:
@@ -255,8 +393,35 @@ def main() -> None:
 
         service = ServiceProbe(folder)
         try:
+            baseline, rows = measure_row_read(database, archive)
+            per_row = baseline / rows * 1e6
+            print(f"baseline, reading {rows:,} rows: {baseline:.1f} s ({per_row:.2f} us per row)")
+
             loading, first_snapshot, state = measure_rebuild(database, archive, settings)
-            print(f"rebuild from the database: {loading:.1f} s, then the first snapshot {first_snapshot:.1f} s")
+            print(
+                f"rebuild from the database: {loading:.1f} s ({_ratio(loading, baseline)}), "
+                f"then the first snapshot {first_snapshot:.1f} s"
+            )
+
+            # The service must rebuild, so that its memory is that of a rebuild.
+            service.wait_until_checked(timeout=60)
+            write = measure_checkpoint_write(database, archive, state, settings)
+            print(
+                f"checkpoint write: {write.size / 1e6:.1f} MB; event loop paused {write.pause * 1000:.0f} ms "
+                f"for pickling (longest stall {write.max_stall * 1000:.0f} ms); "
+                f"total {write.total:.2f} s ({_ratio(write.total, baseline)})"
+            )
+
+            restoring, restored_snapshot, restored = measure_restore(database, archive, settings)
+            same = _document(restored) == _document(state)
+            print(
+                f"restart from the checkpoint: {restoring:.2f} s ({_ratio(restoring, baseline)}), "
+                f"then the first snapshot {restored_snapshot * 1000:.0f} ms; "
+                f"document equal to the rebuilt one: {'yes' if same else 'NO'}"
+            )
+            del restored
+            # The restart below must start from the service's own checkpoint, not this one.
+            checkpoint_path(database).unlink()
 
             costs = measure_new_trades(state)
             costs.sort()
@@ -272,6 +437,20 @@ def main() -> None:
             f"service: metrics started {ready:.1f} s after launch; "
             f"resident memory {current / 1024:.0f} MB, peak {peak / 1024:.0f} MB"
         )
+        print(f"  {service.start_line}")
+        print(f"  {service.checkpoint_line or 'no checkpoint written'}")
+
+        # The service's own checkpoint, written after its rebuild or at its stop.
+        restarted = ServiceProbe(folder)
+        try:
+            current, peak, ready = restarted.memory(timeout=600)
+        finally:
+            restarted.stop()
+        print(
+            f"service restart: metrics started {ready:.1f} s after launch; "
+            f"resident memory {current / 1024:.0f} MB, peak {peak / 1024:.0f} MB"
+        )
+        print(f"  {restarted.start_line}")
 
 
 if __name__ == "__main__":
