@@ -155,9 +155,10 @@ class MetricsConfig:
     max_markets: int = 10_000
     # Rows of the by-market and by-tag tables in the document.
     top_rows: int = 10
-    # Time between two checkpoints of the metrics state, written beside the
-    # database once no commit has arrived for a second, so that a restart
-    # can skip the rebuild; 0 writes one only when the actor stops (seconds).
+    # Time between two checkpoints of the metrics state (seconds). Each is
+    # written beside the database once no commit has arrived for a second,
+    # so that a restart can skip the rebuild. At 0 the actor writes one only
+    # when it stops.
     checkpoint_interval: float = 300.0
 
 
