@@ -341,7 +341,6 @@ class MetricsState:
         largest_win, largest_loss = self.series.largest()
         document["largest_win"] = None if largest_win is None else money(self.series.amount(largest_win))
         document["largest_loss"] = None if largest_loss is None else money(self.series.amount(largest_loss))
-        longest_win, longest_loss, current_sign, current_length = self.series.streaks()
         if largest_win is None or largest_loss is None:
             # A copy: the cached totals document keeps its own reasons.
             reasons = dict(document.get("undefined", {}))
@@ -350,6 +349,7 @@ class MetricsState:
             if largest_loss is None:
                 reasons["largest_loss"] = "no_losing_trades"
             document["undefined"] = reasons
+        longest_win, longest_loss, current_sign, current_length = self.series.streaks()
         document["streaks"] = {
             "longest_winning": longest_win,
             "longest_losing": longest_loss,
