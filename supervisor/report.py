@@ -22,7 +22,7 @@ from actors.analytics.settings import MetricsSettings
 from actors.analytics.state import facts_from_row
 from actors.analytics.values import Figures, from_fixed, money, ratio
 from actors.messages import dumps
-from actors.metrics import load_state_sync
+from actors.metrics import restore_state_sync
 from actors.store import DatabaseError, LatestTrade, read_latest_trades_sync
 from supervisor.config import Config
 
@@ -42,13 +42,14 @@ def build_report(config: Config, *, trades: int | None = None) -> dict[str, Any]
             "or import a log with 'tradepulse replay FILE' first"
         )
     if trades is None:
-        _, state = load_state_sync(database, archive, settings)
-        return state.snapshot()
+        return restore_state_sync(database, archive, settings).state.snapshot()
 
     # The trades are read before and, when the logger committed meanwhile,
     # again after the metrics, so that both show the same commit.
     latest = read_latest_trades_sync(database, archive, trades)
-    seq, state = load_state_sync(database, archive, settings)
+    # A checkpoint that the service left at the latest commit spares the rebuild.
+    restored = restore_state_sync(database, archive, settings)
+    seq, state = restored.seq, restored.state
     if latest.seq != seq:
         # NOTE: a commit between the rebuild and this read still makes the
         # table one commit newer than the metrics.
