@@ -292,20 +292,26 @@ def _database_id(connection: sqlite3.Connection, schema: str) -> str | None:
     return None if row is None else str(row[0])
 
 
+def _identity(connection: sqlite3.Connection, has_archive: bool) -> StoreIdentity:
+    """Read the identity inside the caller's read transaction."""
+    seq = connection.execute("SELECT seq FROM commit_sequence").fetchone()[0]
+    database_id = _database_id(connection, "main")
+    archive_id = _database_id(connection, "archive") if has_archive else None
+    return StoreIdentity(int(seq), database_id, archive_id)
+
+
 def read_identity_sync(path: Path, archive: Path | None) -> StoreIdentity:
     """Read the commit sequence number and both files' ids in one read transaction."""
     connection, has_archive = _open_reader(path, archive)
     try:
         connection.execute("BEGIN")
-        seq = connection.execute("SELECT seq FROM commit_sequence").fetchone()[0]
-        database_id = _database_id(connection, "main")
-        archive_id = _database_id(connection, "archive") if has_archive else None
+        identity = _identity(connection, has_archive)
         connection.execute("COMMIT")
     except sqlite3.DatabaseError as error:
         raise DatabaseError(f"cannot read the commit sequence of {path}: {error}") from None
     finally:
         connection.close()
-    return StoreIdentity(int(seq), database_id, archive_id)
+    return identity
 
 
 @dataclass
@@ -422,9 +428,7 @@ def scan_stored_trades_sync(
     connection, has_archive = _open_reader(path, archive)
     try:
         connection.execute("BEGIN")
-        seq = connection.execute("SELECT seq FROM commit_sequence").fetchone()[0]
-        database_id = _database_id(connection, "main")
-        archive_id = _database_id(connection, "archive") if has_archive else None
+        identity = _identity(connection, has_archive)
         counts = dict(connection.execute("SELECT action, COUNT(*) FROM decisions GROUP BY action"))
 
         main_select = _lean_select(connection, "main")
@@ -457,7 +461,7 @@ def scan_stored_trades_sync(
         raise DatabaseError(f"cannot read trades from {path}: {error}") from None
     finally:
         connection.close()
-    return LeanScan(int(seq), counts, database_id, archive_id)
+    return LeanScan(identity.seq, counts, identity.database_id, identity.archive_id)
 
 
 # ---------------------------------------------------------------------------
