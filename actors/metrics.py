@@ -104,6 +104,23 @@ class RestoredState:
     from_checkpoint: bool
 
 
+def _plausible(state: MetricsState, identity: StoreIdentity, path: Path) -> bool:
+    """Check a loaded checkpoint's trade count against the files.
+
+    The header's commit number proves the state current only for files that
+    tradepulse alone wrote. The count also catches an archive or database
+    file restored from a backup.
+    """
+    trades = state.trades_seen
+    if identity.trades is not None and trades != identity.trades:
+        log.warning(
+            "metrics: checkpoint %s not used because it holds %s trades and the files hold %d; "
+            "rebuilding from the database", path, trades, identity.trades,
+        )
+        return False
+    return True
+
+
 def restore_state_sync(
     database: Path, archive: Path | None, settings: MetricsSettings | None = None
 ) -> RestoredState:
@@ -120,7 +137,7 @@ def restore_state_sync(
         key = CheckpointKey.current(identity, settings)
         if key is not None:
             state = load_checkpoint_sync(path, key)
-            if state is not None:
+            if state is not None and _plausible(state, identity, path):
                 return RestoredState(identity.seq, state, identity, True)
     else:
         log.info("metrics: no checkpoint at %s; rebuilding from the database", path)

@@ -280,6 +280,9 @@ class StoreIdentity:
     # and for an archive file that does not exist.
     database_id: str | None
     archive_id: str | None
+    # Rows in the trades tables of both files; a trade that a move cut short
+    # counts twice.
+    trades: int | None = None
 
 
 def _database_id(connection: sqlite3.Connection, schema: str) -> str | None:
@@ -297,7 +300,10 @@ def _identity(connection: sqlite3.Connection, has_archive: bool) -> StoreIdentit
     seq = connection.execute("SELECT seq FROM commit_sequence").fetchone()[0]
     database_id = _database_id(connection, "main")
     archive_id = _database_id(connection, "archive") if has_archive else None
-    return StoreIdentity(int(seq), database_id, archive_id)
+    trades = connection.execute("SELECT COUNT(*) FROM main.trades").fetchone()[0]
+    if has_archive:
+        trades += connection.execute("SELECT COUNT(*) FROM archive.trades").fetchone()[0]
+    return StoreIdentity(int(seq), database_id, archive_id, int(trades))
 
 
 def read_identity_sync(path: Path, archive: Path | None) -> StoreIdentity:

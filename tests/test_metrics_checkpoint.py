@@ -583,3 +583,45 @@ def test_rebuilt_array_frees_its_buffer() -> None:
     values = checkpoint_module._rebuild_array("q", buffer)
     assert list(values) == [1, -2, 3]
     assert len(buffer) == 0
+
+
+async def test_restored_archive_backup_not_used(stored: tuple[Path, Path, int], tmp_path: Path) -> None:
+    database, archive, seq = stored
+    backup = tmp_path / "archive-backup.sqlite"
+    shutil.copyfile(archive, backup)
+    connection = await open_database(database, archive)
+    moved = await archive_once(connection, 1.0, 10, BASE_TIME + timedelta(days=30))
+    await connection.close()
+    _, original = load_state_sync(database, archive, SETTINGS)
+    write_current(database, archive, original, seq)
+    # Archiving keeps the commit number, so only the trade count tells.
+    shutil.copyfile(backup, archive)
+
+    restored = restore_state_sync(database, archive, SETTINGS)
+
+    assert moved > 0
+    assert not restored.from_checkpoint
+    _, rebuilt = load_state_sync(database, archive, SETTINGS)
+    assert comparable(restored.state) == comparable(rebuilt)
+
+
+async def test_hollow_state_not_used(
+    stored: tuple[Path, Path, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    database, archive, _ = stored
+    # A MetricsState made without __init__: it has none of its attributes.
+    hollow = b"\x80\x02cactors.analytics.state\nMetricsState\n)\x81}b."
+    forge(checkpoint_path(database), current_key(database, archive), hollow)
+
+    with caplog.at_level(logging.WARNING):
+        restored = restore_state_sync(database, archive, SETTINGS)
+
+    assert not restored.from_checkpoint
+    assert "its state is unusable" in caplog.text
+
+
+def test_bytearray_global_refused() -> None:
+    # A bytearray of 2e9 bytes, which would take 2 GB before any check.
+    bomb = b"\x80\x02cbuiltins\nbytearray\nJ\x00\x94\x35\x77\x85R."
+    with pytest.raises(pickle.UnpicklingError, match="builtins.bytearray is not part"):
+        unpickle_state(bomb, [])

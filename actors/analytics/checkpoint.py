@@ -269,7 +269,7 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
         allowed[(value.__module__, value.__name__)] = value
     for value in (collections.OrderedDict, collections.defaultdict, collections.deque, collections.Counter):
         allowed[("collections", value.__name__)] = value
-    for value in (dict, list, tuple, set, frozenset, bytearray):
+    for value in (dict, list, tuple, set, frozenset):
         allowed[("builtins", value.__name__)] = value
     allowed[(__name__, _rebuild_array.__name__)] = _rebuild_array
     return allowed
@@ -464,6 +464,13 @@ def _read_payload(file: io.BufferedReader, header: dict[str, Any]) -> MetricsSta
         raise _Unusable(f"it cannot be unpickled: {type(error).__name__}: {error}") from None
     if consumed != len(buffer_lengths) or crc != checksum:
         raise _Unusable("its checksum does not match its content")
+    try:
+        # A state whose objects lack what the code needs fails here and not
+        # in the actor, where it would fail again at every restart.
+        int(state.trades_seen)
+        state.snapshot()
+    except Exception as error:  # noqa: BLE001
+        raise _Unusable(f"its state is unusable: {type(error).__name__}: {error}") from None
     return state
 
 
