@@ -41,6 +41,18 @@ MAX_TEXT_LENGTH = 500
 MAX_TAGS = 32
 
 
+def _json_number(value: Decimal) -> int | float | str:
+    """Return a decimal as the JSON number that a bot sent, or as text when none is exact."""
+    if not value.is_finite():
+        return str(value)
+    if value == value.to_integral_value() and abs(value) <= 10**15:
+        return int(value)
+    approximate = float(value)
+    if math.isfinite(approximate) and Decimal(repr(approximate)) == value:
+        return approximate
+    return str(value)
+
+
 class InvalidMessage(ValueError):
     """A message from the bot that fails validation.
 
@@ -61,7 +73,7 @@ class InvalidMessage(ValueError):
         """Describe the error as JSON, with the value as sent, cut to 200 characters."""
         value = self.value
         if isinstance(value, Decimal):
-            value = str(value)
+            value = _json_number(value)
         elif isinstance(value, float) and not math.isfinite(value):
             value = repr(value)
         elif not isinstance(value, str | int | float | bool | type(None)):

@@ -232,15 +232,43 @@ def check_against(record: TradeRecord | None, message: TradeMessage) -> None:
     The message alone cannot tell that a fill or mark price of 97 is in
     cents: the trade's market kind, known from its opening, does.
     """
-    if record is None or record.market_kind != "binary":
+    if record is None:
         return
-    if isinstance(message, (TradeFill, TradeMarked)) and message.price > BINARY_PRICE_LIMIT:
+    if isinstance(message, TradeOpened):
+        if message.market_kind == "binary":
+            _check_stored_prices(record)
+        return
+    if record.market_kind != "binary":
+        return
+    if isinstance(message, (TradeFill, TradeMarked)):
+        name, price = "price", message.price
+    elif isinstance(message, TradeResolved):
+        name, price = "exit_price", message.exit_price
+    else:
+        return
+    if price is not None and price > BINARY_PRICE_LIMIT:
         raise InvalidMessage(
-            "price",
-            str(message.price),
+            name,
+            price,
             f"trade {message.trade_id} is on a binary market, whose prices lie in [0, 1]; "
             "convert cents to dollars",
         )
+
+
+def _check_stored_prices(record: TradeRecord) -> None:
+    """Raise for a binary opening when messages stored before it carry prices above 1."""
+    stored = [(f"fill {fill.fill_id}", fill.price) for fill in record.fills]
+    stored.append(("the latest mark", record.mark_price))
+    stored.append(("the resolution's exit price", record.exit_price))
+    for what, price in stored:
+        if price is not None and price > BINARY_PRICE_LIMIT:
+            raise InvalidMessage(
+                "market_kind",
+                "binary",
+                f"trade {record.trade_id} already has {what} at {price}, above a binary "
+                "market's 1; send it again in dollars (a fill under the same fill_id), "
+                "then this opening",
+            )
 
 
 def apply_trade_message(record: TradeRecord | None, message: TradeMessage) -> TradeRecord:

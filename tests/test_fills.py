@@ -262,3 +262,45 @@ def test_excess_exit_counted_in_execution() -> None:
     corrected = MetricsState()
     feed(corrected, LONG("e"), excess, fill("e", "x", "exit", "10", "100", minute=1))
     assert corrected.snapshot()["execution"]["excess_exit_positions"] == 0
+
+
+async def test_binary_opening_after_cents_fill_rejected(tmp_path: Path) -> None:
+    database, archive = tmp_path / "t.sqlite", tmp_path / "a.sqlite"
+    connection = await open_database(database, archive)
+    cents = fill("b", "f1", "entry", "5", "50", minute=1)
+    first = await write_batch(connection, [marked("b", "55"), cents])
+    refused = await write_batch(connection, [opened("b", size="10", entry_price="0.5")])
+    # Corrected under the same fill id; the mark in cents is replaced by a newer one.
+    await write_batch(connection, [fill("b", "f1", "entry", "5", "0.50", minute=1), marked("b", "0.55", minute=9)])
+    accepted = await write_batch(connection, [opened("b", size="10", entry_price="0.5")])
+    await connection.close()
+    assert first.rejections == {}
+    error = refused.rejections[0]
+    assert error.field == "market_kind"
+    assert "fill f1 at 50" in str(error)
+    assert accepted.rejections == {}
+    assert accepted.trades[0].market_kind == "binary"
+
+
+async def test_binary_exit_price_in_cents_rejected(tmp_path: Path) -> None:
+    connection = await open_database(tmp_path / "t.sqlite", tmp_path / "a.sqlite")
+    committed = await write_batch(connection, [opened("b"), resolved("b", "0.4", exit_price="100")])
+    await connection.close()
+    error = committed.rejections[1]
+    assert error.field == "exit_price"
+    assert error.to_dict()["value"] == 100
+
+
+@pytest.mark.parametrize(
+    ("field", "sent", "echoed"),
+    [("fees", "-55", -55), ("fees", "-0.25", -0.25), ("size", "1e16", 1e16), ("size", "-1", -1)],
+)
+def test_rejected_number_echoed_as_number(field: str, sent: str, echoed: float) -> None:
+    data = message_to_dict(fill("t", "f", "entry", "1", "2"))
+    # As the ingest decoder reads JSON numbers.
+    data[field] = json.loads(sent, parse_float=Decimal)
+    with pytest.raises(InvalidMessage) as caught:
+        parse_message(data)
+    value = caught.value.to_dict()["value"]
+    assert value == echoed
+    assert not isinstance(value, str)
