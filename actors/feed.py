@@ -121,6 +121,7 @@ async def _ingest(connection: WebSocketConnection, intake: Intake, peer: str) ->
         tuple[list[Envelope], Callable[[], dict[str, Any]]]
     ](INGEST_PIPELINE)
     owed = 0
+    intake.open_connections += 1
 
     async def send_replies() -> None:
         nonlocal owed
@@ -167,6 +168,7 @@ async def _ingest(connection: WebSocketConnection, intake: Intake, peer: str) ->
         log.info("ingest: client %s disconnected", peer)
     finally:
         intake.pending_replies -= owed
+        intake.open_connections -= 1
 
 
 async def _handle_request(

@@ -52,6 +52,8 @@ class Intake:
         self.closed = trio.Event()
         # Replies that ingest connections still owe their clients.
         self.pending_replies = 0
+        # Ingest connections not yet closed; shutdown waits for their 1001 close.
+        self.open_connections = 0
 
     def validate(self, data: Any) -> Message:
         """Parse one decoded JSON message; raises ``InvalidMessage``."""

@@ -320,9 +320,11 @@ class Service:
                 "unacknowledged and must send them again",
                 self.logger_inbox.depth,
             )
-        # Let ingest connections send the replies for the last commits.
+        # Let ingest connections send the replies for the last commits, then
+        # close with 1001, which a client that waits for replies can tell
+        # from a crash.
         with trio.move_on_after(self.config.supervisor.shutdown_grace):
-            while self.intake.pending_replies > 0:
+            while self.intake.pending_replies > 0 or self.intake.open_connections > 0:
                 await trio.sleep(_DRAIN_POLL)
 
         for name in reversed(names):

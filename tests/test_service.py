@@ -284,3 +284,19 @@ async def test_hung_telegram_restarts_notifier(tmp_path: Path) -> None:
                     await trio.sleep(0.01)
         servers.cancel_scope.cancel()
     assert status.last_error == "ActorHung: no progress for 0.3 s"
+
+
+async def test_idle_ingest_closed_1001_at_stop(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    async with running(config) as service:
+        async with open_websocket(
+            "127.0.0.1", service.port, "/ingest", use_ssl=False, extra_headers=auth(service)
+        ) as ws:
+            await ws.send_message(json.dumps(message_to_dict(opened("idle"))))
+            reply = json.loads(await ws.get_message())
+            # The connection owes nothing when the service stops.
+            service.stop()
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.get_message()
+    assert reply["status"] == "accepted"
+    assert closed.value.reason.code == 1001
