@@ -70,7 +70,12 @@ class InvalidMessage(ValueError):
         super().__init__(f"invalid field {field!r}: {shown} ({reason})")
 
     def to_dict(self) -> dict[str, Any]:
-        """Describe the error as JSON, with the value as sent, cut to 200 characters."""
+        """Describe the error as JSON, with the value cut to 200 characters.
+
+        A parse error carries the value as sent. A check against the stored
+        trade carries the parsed decimal: a JSON number where one is exact,
+        else its text.
+        """
         value = self.value
         if isinstance(value, Decimal):
             value = _json_number(value)

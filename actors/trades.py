@@ -256,18 +256,32 @@ def check_against(record: TradeRecord | None, message: TradeMessage) -> None:
 
 
 def _check_stored_prices(record: TradeRecord) -> None:
-    """Raise for a binary opening when messages stored before it carry prices above 1."""
-    stored = [(f"fill {fill.fill_id}", fill.price) for fill in record.fills]
-    stored.append(("the latest mark", record.mark_price))
-    stored.append(("the resolution's exit price", record.exit_price))
-    for what, price in stored:
+    """Raise for a binary opening when messages stored before it carry prices above 1.
+
+    Each case names how the bot corrects the stored value before it sends
+    the opening again.
+    """
+    stored = [
+        (f"fill {fill.fill_id} at {fill.price}", fill.price, "send that fill again under its fill_id")
+        for fill in record.fills
+    ]
+    if record.status == "open":
+        # A mark counts only while the position is open, and a newer one replaces it.
+        stored.append(
+            (f"a mark at {record.mark_price}", record.mark_price,
+             "send a mark with a later marked_at")
+        )
+    stored.append(
+        (f"a resolution with exit_price {record.exit_price}", record.exit_price,
+         "send the resolution again")
+    )
+    for what, price, correction in stored:
         if price is not None and price > BINARY_PRICE_LIMIT:
             raise InvalidMessage(
                 "market_kind",
                 "binary",
-                f"trade {record.trade_id} already has {what} at {price}, above a binary "
-                "market's 1; send it again in dollars (a fill under the same fill_id), "
-                "then this opening",
+                f"trade {record.trade_id} already has {what}, above a binary market's 1; "
+                f"{correction} with the price in dollars, then this opening",
             )
 
 

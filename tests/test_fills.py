@@ -278,6 +278,7 @@ async def test_binary_opening_after_cents_fill_rejected(tmp_path: Path) -> None:
     error = refused.rejections[0]
     assert error.field == "market_kind"
     assert "fill f1 at 50" in str(error)
+    assert "send that fill again under its fill_id" in str(error)
     assert accepted.rejections == {}
     assert accepted.trades[0].market_kind == "binary"
 
@@ -304,3 +305,22 @@ def test_rejected_number_echoed_as_number(field: str, sent: str, echoed: float) 
     value = caught.value.to_dict()["value"]
     assert value == echoed
     assert not isinstance(value, str)
+
+
+async def test_mark_of_ended_trade_does_not_block_opening(tmp_path: Path) -> None:
+    connection = await open_database(tmp_path / "t.sqlite", tmp_path / "a.sqlite")
+    early = [marked("b", "55", minute=1), resolved("b", "2", minute=3, exit_price="1")]
+    await write_batch(connection, early)
+    committed = await write_batch(connection, [opened("b", size="10", entry_price="0.5")])
+    await connection.close()
+    # The mark no longer counts once the trade has ended, so the opening is kept.
+    assert committed.rejections == {}
+    assert committed.trades[0].market_kind == "binary"
+
+
+async def test_rejected_opening_names_mark_correction(tmp_path: Path) -> None:
+    connection = await open_database(tmp_path / "t.sqlite", tmp_path / "a.sqlite")
+    await write_batch(connection, [marked("b", "55", minute=1)])
+    refused = await write_batch(connection, [opened("b")])
+    await connection.close()
+    assert "send a mark with a later marked_at" in str(refused.rejections[0])

@@ -625,3 +625,37 @@ def test_bytearray_global_refused() -> None:
     bomb = b"\x80\x02cbuiltins\nbytearray\nJ\x00\x94\x35\x77\x85R."
     with pytest.raises(pickle.UnpicklingError, match="builtins.bytearray is not part"):
         unpickle_state(bomb, [])
+
+
+class _Amplifier:
+    """Pickles as an array rebuilt from a buffer that the pickle memoizes once."""
+
+    payload = b"x" * 100_000
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return checkpoint_module._rebuild_array, ("b", self.payload)
+
+
+def test_array_amplification_refused() -> None:
+    # 50 arrays of 100 kB from one memoized buffer, in a pickle of about 100 kB.
+    data = pickle.dumps([_Amplifier() for _ in range(50)], protocol=5)
+    with pytest.raises(pickle.UnpicklingError, match="more bytes than the file holds"):
+        unpickle_state(data, [])
+
+
+async def test_checksum_checked_before_unpickling(
+    stored: tuple[Path, Path, int], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    database, archive, _ = stored
+    path = checkpoint_path(database)
+    key = current_key(database, archive)
+    forge(path, key, pickle.dumps(_Exploit(tmp_path / "exploited"), protocol=5))
+    data = path.read_bytes()
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+
+    with caplog.at_level(logging.INFO):
+        loaded = load_checkpoint_sync(path, key)
+
+    assert loaded is None
+    assert "checksum does not match" in caplog.text
+    assert "is not part of the metrics state" not in caplog.text

@@ -276,18 +276,42 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
 
 
 class _StateUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only the globals of ``_allowed_globals``."""
+    """An unpickler that resolves only the globals of ``_allowed_globals``.
+
+    Arrays may take ``budget`` bytes in all: a crafted pickle could otherwise
+    rebuild one small memoized buffer into arrays of gigabytes.
+    """
+
+    def __init__(self, stream: io.BytesIO, buffers: Iterable[Any], budget: int) -> None:
+        super().__init__(stream, buffers=buffers)
+        self.budget = budget
 
     def find_class(self, module: str, name: str) -> Any:
         value = _allowed_globals().get((module, name))
         if value is None:
             raise pickle.UnpicklingError(f"{module}.{name} is not part of the metrics state")
+        if value is _rebuild_array:
+            return self._rebuild_array_within_budget
         return value
 
+    def _rebuild_array_within_budget(self, typecode: str, buffer: Any) -> array[Any]:
+        size = memoryview(buffer).nbytes
+        if size > self.budget:
+            raise pickle.UnpicklingError("the arrays add up to more bytes than the file holds")
+        self.budget -= size
+        return _rebuild_array(typecode, buffer)
 
-def unpickle_state(data: Any, buffers: Iterable[Any]) -> MetricsState:
-    """Load a state that ``pickle_state`` wrote; raises on any global outside the state's classes."""
-    state = _StateUnpickler(io.BytesIO(data), buffers=buffers).load()
+
+def unpickle_state(data: Any, buffers: Iterable[Any], budget: int | None = None) -> MetricsState:
+    """Load a state that ``pickle_state`` wrote; raises on any global outside the state's classes.
+
+    ``budget`` caps the bytes of all arrays; by default, the size of ``data``
+    and the buffers can hold no more than what was written.
+    """
+    if budget is None:
+        buffers = list(buffers)
+        budget = len(data) + sum(memoryview(buffer).nbytes for buffer in buffers)
+    state = _StateUnpickler(io.BytesIO(data), buffers, budget).load()
     if not isinstance(state, MetricsState):
         raise pickle.UnpicklingError(f"the pickle contains a {type(state).__name__}, not a MetricsState")
     return state
@@ -444,26 +468,41 @@ def _read_payload(file: io.BufferedReader, header: dict[str, Any]) -> MetricsSta
         raise _Unusable(f"its size is wrong: {actual_size} bytes after the header, expected {expected_size}")
 
     data = file.read(pickle_length)
+    # The checksum is checked before unpickling, so that a damaged or
+    # altered file never reaches the unpickler. The buffers are read twice,
+    # in chunks here, so that loading holds one copy of each at a time.
+    start = file.tell()
     crc = zlib.crc32(data)
+    remaining = sum(buffer_lengths)
+    while remaining:
+        chunk = file.read(min(remaining, 1 << 20))
+        if not chunk:
+            break
+        crc = zlib.crc32(chunk, crc)
+        remaining -= len(chunk)
+    if crc != checksum:
+        raise _Unusable("its checksum does not match its content")
+    file.seek(start)
     consumed = 0
 
     def buffers() -> Iterator[bytearray]:
-        nonlocal crc, consumed
+        nonlocal consumed
         for length in buffer_lengths:
-            # A short read leaves zeros, which the checksum then rejects.
             chunk = bytearray(length)
-            file.readinto(chunk)
-            crc = zlib.crc32(chunk, crc)
+            if file.readinto(chunk) != length:
+                raise _Unusable("it changed while it was read")
             consumed += 1
             yield chunk
 
     try:
-        state = unpickle_state(data, buffers())
+        state = unpickle_state(data, buffers(), budget=expected_size)
+    except _Unusable:
+        raise
     except Exception as error:  # noqa: BLE001
         # Whatever a damaged or forged pickle raises, the caller rebuilds.
         raise _Unusable(f"it cannot be unpickled: {type(error).__name__}: {error}") from None
-    if consumed != len(buffer_lengths) or crc != checksum:
-        raise _Unusable("its checksum does not match its content")
+    if consumed != len(buffer_lengths):
+        raise _Unusable("its pickle does not use every buffer it lists")
     try:
         # A state whose objects lack what the code needs fails here and not
         # in the actor, where it would fail again at every restart.
