@@ -14,8 +14,7 @@ from helpers import fill, marked, opened, resolved
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_metrics import feed
-from test_service import auth, make_config, running, stored
-from trio_websocket import open_websocket
+from test_service import ingest, make_config, running, stored
 
 from actors.logger import write_batch
 from actors.messages import InvalidMessage, Message, message_to_dict, parse_message
@@ -196,9 +195,7 @@ async def test_fills_survive_storage_and_rebuild(tmp_path: Path) -> None:
 async def test_fill_over_ingest_reaches_feed(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     async with running(config) as service:
-        async with open_websocket(
-            "127.0.0.1", service.port, "/ingest", use_ssl=False, extra_headers=auth(service)
-        ) as ws:
+        async with ingest(service) as ws:
             batch = [message_to_dict(item) for item in scaled_in_then_trimmed()]
             await ws.send_message(json.dumps(batch))
             reply = json.loads(await ws.get_message())
@@ -227,9 +224,7 @@ def test_older_mark_arriving_later_ignored() -> None:
 async def test_cents_rejected_over_ingest(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     async with running(config) as service:
-        async with open_websocket(
-            "127.0.0.1", service.port, "/ingest", use_ssl=False, extra_headers=auth(service)
-        ) as ws:
+        async with ingest(service) as ws:
             await ws.send_message(json.dumps(message_to_dict(opened("k", fees="0"))))
             assert json.loads(await ws.get_message())["status"] == "accepted"
             batch = [

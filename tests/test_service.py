@@ -56,12 +56,15 @@ def auth(service: Service) -> list[tuple[bytes, bytes]]:
     return [(b"Authorization", f"Bearer {service.ingest_token}".encode())]
 
 
+def ingest(service: Service) -> Any:
+    """Open a websocket to the service's /ingest with its bearer token."""
+    return open_websocket("127.0.0.1", service.port, "/ingest", use_ssl=False, extra_headers=auth(service))
+
+
 async def test_ingest_acknowledges_after_commit(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     async with running(config) as service:
-        async with open_websocket(
-            "127.0.0.1", service.port, "/ingest", use_ssl=False, extra_headers=auth(service)
-        ) as ws:
+        async with ingest(service) as ws:
             await ws.send_message(json.dumps({**message_to_dict(opened("t1")), "ref": 7}))
             reply = json.loads(await ws.get_message())
             assert reply == {"status": "accepted", "ref": 7, "key": "t1"}
@@ -71,9 +74,7 @@ async def test_ingest_acknowledges_after_commit(tmp_path: Path) -> None:
 async def test_ingest_rejects_bad_field(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     async with running(config) as service:
-        async with open_websocket(
-            "127.0.0.1", service.port, "/ingest", use_ssl=False, extra_headers=auth(service)
-        ) as ws:
+        async with ingest(service) as ws:
             bad = {**message_to_dict(opened("t1")), "size": -5}
             await ws.send_message(json.dumps([message_to_dict(opened("t0")), bad]))
             reply = json.loads(await ws.get_message())
@@ -210,9 +211,7 @@ async def test_deep_nesting_keeps_server_up(tmp_path: Path) -> None:
     async with running(config) as service:
         async with open_websocket("127.0.0.1", service.port, "/feed", use_ssl=False) as feed:
             await feed.get_message()
-            async with open_websocket(
-                "127.0.0.1", service.port, "/ingest", use_ssl=False, extra_headers=auth(service)
-            ) as ws:
+            async with ingest(service) as ws:
                 await ws.send_message("[" * 100_000 + "]" * 100_000)
                 reply = json.loads(await ws.get_message())
                 await ws.send_message(json.dumps(message_to_dict(opened("after"))))
@@ -230,9 +229,7 @@ async def test_deep_nesting_keeps_server_up(tmp_path: Path) -> None:
 async def test_oversized_array_rejected(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     async with running(config) as service:
-        async with open_websocket(
-            "127.0.0.1", service.port, "/ingest", use_ssl=False, extra_headers=auth(service)
-        ) as ws:
+        async with ingest(service) as ws:
             await ws.send_message("[" + ",".join(["{}"] * 10_001) + "]")
             too_many = json.loads(await ws.get_message())
             await ws.send_message("[" + ",".join(["{}"] * 500) + "]")
@@ -289,9 +286,7 @@ async def test_hung_telegram_restarts_notifier(tmp_path: Path) -> None:
 async def test_idle_ingest_closed_1001_at_stop(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     async with running(config) as service:
-        async with open_websocket(
-            "127.0.0.1", service.port, "/ingest", use_ssl=False, extra_headers=auth(service)
-        ) as ws:
+        async with ingest(service) as ws:
             await ws.send_message(json.dumps(message_to_dict(opened("idle"))))
             reply = json.loads(await ws.get_message())
             # The connection owes nothing when the service stops.
