@@ -114,7 +114,7 @@ def _plausible(state: MetricsState, identity: StoreIdentity, path: Path) -> bool
     trades = state.trades_seen
     if identity.trades is not None and trades != identity.trades:
         log.warning(
-            "metrics: checkpoint %s not used because it holds %s trades and the files hold %d; "
+            "metrics: checkpoint %s not used because it counts %s trades and the database files contain %d; "
             "rebuilding from the database", path, trades, identity.trades,
         )
         return False

@@ -535,7 +535,7 @@ def read_latest_trades_sync(path: Path, archive: Path | None, limit: int) -> Lat
     archiver has opened since the index was added has none, and is scanned.
 
     Everything is read in one read transaction with the commit sequence
-    number, the main database before the archive; a trade present in both
+    number, the main database before the archive. A trade present in both
     files (a move cut short) is read from the main file, as in
     ``scan_stored_trades_sync``.
     """

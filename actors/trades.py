@@ -275,12 +275,12 @@ def _check_stored_prices(record: TradeRecord) -> None:
         (f"a resolution with exit_price {record.exit_price}", record.exit_price,
          "send the resolution again")
     )
-    for what, price, correction in stored:
+    for description, price, correction in stored:
         if price is not None and price > BINARY_PRICE_LIMIT:
             raise InvalidMessage(
                 "market_kind",
                 "binary",
-                f"trade {record.trade_id} already has {what}, above a binary market's 1; "
+                f"trade {record.trade_id} already has {description}, above a binary market's 1; "
                 f"{correction} with the price in dollars, then this opening",
             )
 
@@ -334,9 +334,9 @@ def apply_trade_message(record: TradeRecord | None, message: TradeMessage) -> Tr
         if fill in current:
             return record  # type: ignore[return-value]
         # Another fill under the same id corrects it.
-        kept = [known for known in current if known.fill_id != fill.fill_id]
-        kept.append(fill)
-        fills = tuple(sorted(kept, key=lambda known: known.order))
+        other_fills = [known for known in current if known.fill_id != fill.fill_id]
+        other_fills.append(fill)
+        fills = tuple(sorted(other_fills, key=lambda known: known.order))
         if record is None:
             return TradeRecord(trade_id=message.trade_id, status="open", fills=fills)
         return dataclasses.replace(record, fills=fills)

@@ -264,13 +264,13 @@ async def test_binary_opening_after_cents_fill_rejected(tmp_path: Path) -> None:
     connection = await open_database(database, archive)
     cents = fill("b", "f1", "entry", "5", "50", minute=1)
     first = await write_batch(connection, [marked("b", "55"), cents])
-    refused = await write_batch(connection, [opened("b", size="10", entry_price="0.5")])
+    rejected = await write_batch(connection, [opened("b", size="10", entry_price="0.5")])
     # Corrected under the same fill id; the mark in cents is replaced by a newer one.
     await write_batch(connection, [fill("b", "f1", "entry", "5", "0.50", minute=1), marked("b", "0.55", minute=9)])
     accepted = await write_batch(connection, [opened("b", size="10", entry_price="0.5")])
     await connection.close()
     assert first.rejections == {}
-    error = refused.rejections[0]
+    error = rejected.rejections[0]
     assert error.field == "market_kind"
     assert "fill f1 at 50" in str(error)
     assert "send that fill again under its fill_id" in str(error)
@@ -316,6 +316,6 @@ async def test_mark_of_ended_trade_does_not_block_opening(tmp_path: Path) -> Non
 async def test_rejected_opening_names_mark_correction(tmp_path: Path) -> None:
     connection = await open_database(tmp_path / "t.sqlite", tmp_path / "a.sqlite")
     await write_batch(connection, [marked("b", "55", minute=1)])
-    refused = await write_batch(connection, [opened("b")])
+    rejected = await write_batch(connection, [opened("b")])
     await connection.close()
-    assert "send a mark with a later marked_at" in str(refused.rejections[0])
+    assert "send a mark with a later marked_at" in str(rejected.rejections[0])

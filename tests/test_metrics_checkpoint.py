@@ -594,7 +594,7 @@ async def test_restored_archive_backup_not_used(stored: tuple[Path, Path, int], 
     await connection.close()
     _, original = load_state_sync(database, archive, SETTINGS)
     write_current(database, archive, original, seq)
-    # Archiving keeps the commit number, so only the trade count tells.
+    # Archiving keeps the commit number, so only the trade count differs.
     shutil.copyfile(backup, archive)
 
     restored = restore_state_sync(database, archive, SETTINGS)
@@ -639,7 +639,7 @@ class _Amplifier:
 def test_array_amplification_refused() -> None:
     # 50 arrays of 100 kB from one memoized buffer, in a pickle of about 100 kB.
     data = pickle.dumps([_Amplifier() for _ in range(50)], protocol=5)
-    with pytest.raises(pickle.UnpicklingError, match="more bytes than the file holds"):
+    with pytest.raises(pickle.UnpicklingError, match="more bytes than the file contains"):
         unpickle_state(data, [])
 
 

@@ -1,6 +1,6 @@
 """A checkpoint of the metrics state on disk, so that a restart can skip the rebuild.
 
-Rebuilding ``MetricsState`` from every stored trade takes 35 to 50 s per
+Rebuilding ``MetricsState`` from every stored trade takes 32 to 48 s per
 million trades on a slow 2-core machine (docs/benchmarks.md). A checkpoint is the whole state, pickled, in
 ``<database>.metrics-checkpoint`` beside the database, with a header that
 names everything the state depends on:
@@ -297,7 +297,7 @@ class _StateUnpickler(pickle.Unpickler):
     def _rebuild_array_within_budget(self, typecode: str, buffer: Any) -> array[Any]:
         size = memoryview(buffer).nbytes
         if size > self.budget:
-            raise pickle.UnpicklingError("the arrays add up to more bytes than the file holds")
+            raise pickle.UnpicklingError("invalid checkpoint: its arrays need more bytes than the file contains")
         self.budget -= size
         return _rebuild_array(typecode, buffer)
 
@@ -393,8 +393,8 @@ def _sync_folder(folder: Path) -> None:
 class _Unusable(Exception):
     """The checkpoint cannot be used, for the reason in the message.
 
-    ``damaged`` tells a file that is not what it claims (logged as a
-    warning) from a sound one that is out of date (the usual case after a
+    ``damaged`` separates a file that is not what it claims (logged as a
+    warning) from a valid one that is out of date (the usual case after a
     crash or an upgrade).
     """
 
@@ -448,11 +448,10 @@ def _count(value: Any, name: str) -> int:
 
 
 def _read_payload(file: io.BufferedReader, header: dict[str, Any]) -> MetricsState:
-    """Read, unpickle and verify what follows the header.
+    """Verify the checksum of what follows the header, then unpickle it.
 
-    The buffers are read one at a time as the unpickler asks for them, so
-    that loading needs little memory beyond the state itself. The state is
-    returned only once the checksum over the whole payload matches.
+    The buffers are read one at a time as the unpickler requests them, so
+    loading needs little memory beyond the state itself.
     """
     pickle_length = _count(header.get("pickle_length"), "pickle_length")
     checksum = _count(header.get("crc32"), "crc32")
@@ -470,7 +469,7 @@ def _read_payload(file: io.BufferedReader, header: dict[str, Any]) -> MetricsSta
     data = file.read(pickle_length)
     # The checksum is checked before unpickling, so that a damaged or
     # altered file never reaches the unpickler. The buffers are read twice,
-    # in chunks here, so that loading holds one copy of each at a time.
+    # in chunks here, so that loading keeps one copy of each at a time.
     start = file.tell()
     crc = zlib.crc32(data)
     remaining = sum(buffer_lengths)
